@@ -1,0 +1,48 @@
+"""Per-op lowering rules for the ONNX Runtime backend.
+
+Default-domain and foreign-domain ops pass through unchanged (the fallback rule). qcompile-domain
+ops need an explicit rule registered with ``@LOWER.register(op, "qcompile")``; one without a rule
+is reported by ``LOWER.check`` before lowering starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx
+
+from qcompile.backends.base import OpTable
+from qcompile.ir import QCOMPILE_DOMAIN, Graph, Node
+
+
+@dataclass
+class LoweringContext:
+    graph: Graph
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    extra_opsets: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def opset(self) -> int:
+        return self.graph.opset
+
+
+Rule = Callable[[Node, LoweringContext], None]
+
+
+def passthrough(node: Node, ctx: LoweringContext) -> None:
+    """Lower an ONNX op as it is (attributes typed by the op's schema)."""
+    from qcompile.backends.ort.lower import make_node, output_names
+
+    ctx.nodes.append(make_node(
+        node, ["" if v is None else v.name for v in node.inputs],
+        output_names(node, ctx.graph),
+        opset=ctx.graph.opsets.get(node.domain, ctx.opset)))
+
+
+def _fallback(node: Node) -> Rule | None:
+    return None if node.domain == QCOMPILE_DOMAIN else passthrough
+
+
+LOWER: OpTable[Rule] = OpTable("ort", fallback=_fallback)
