@@ -1,0 +1,194 @@
+"""The ``qcompile`` command line: parsing, wiring and printing only (logic lives in the library).
+
+Every user mistake (bad file, option, path) ends as one line ``error: ...`` on stderr with exit
+code 2 and no output file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from qcompile.errors import QCompileError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="qcompile: quantise CNNs as a compiler does. ONNX in -> IR -> passes -> ONNX Runtime or MPFR.",
+)
+
+
+def _err(msg: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {msg}", err=True)
+    return typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn QCompileError / DataError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from qcompile.data import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except (QCompileError, DataError) as e:
+            raise _err(str(e), getattr(e, "exit_code", 2)) from None
+        except KeyboardInterrupt:
+            raise _err("interrupted", 130) from None
+
+    return wrapper
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def inspect(
+    model: str = typer.Argument(..., help="ONNX model file"),
+    layers: bool = typer.Option(True, "--layers/--no-layers", help="per-layer table"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable report"),
+) -> None:
+    """Op counts, parameters, per-layer shapes and MACs of a model.
+
+    Examples:
+
+      qcompile inspect ../shared/data/cifar10_resnet20.onnx
+
+      qcompile inspect resnet18.onnx --json --no-layers
+    """
+    from qcompile.analysis import inspect_graph
+    from qcompile.frontend import lift
+
+    report = inspect_graph(lift(model))
+    if as_json:
+        if not layers:
+            report.pop("layers")
+        _echo_json(report)
+        return
+    from rich.table import Table
+
+    con = _console()
+    con.print(f"[bold]{report['name']}[/bold]  opset {report['opset']}, {report['nodes']} nodes, "
+              f"{report['parameters']:,} parameters, {report['gmacs']:.3f} GMACs per sample")
+    for io in ("inputs", "outputs"):
+        for v in report[io]:
+            con.print(f"  {io[:-1]} {v['name']}: {v['dtype'].lower()}{v['shape']}")
+    ops = Table(title="ops", show_edge=False)
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in report["op_counts"].items():
+        ops.add_row(op, str(n))
+    con.print(ops)
+    if layers:
+        t = Table(title="MAC layers", show_edge=False)
+        for c in ("layer", "op", "input", "output", "params", "MACs"):
+            t.add_column(c, justify="right" if c in ("params", "MACs") else "left")
+        for la in report["layers"]:
+            t.add_row(la["name"], la["op"], str(la["input_shape"]), str(la["output_shape"]),
+                      f"{la['params']:,}", f"{la['macs']:,}")
+        con.print(t)
+    con.print(f"total: {report['total_macs']:,} MACs ({report['gmacs']:.3f} G)")
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def run(
+    model: str = typer.Argument(..., help="ONNX model file"),
+    output: str = typer.Option(..., "-o", "--output", help="where to write the lowered model"),
+    passes: str = typer.Option("fold,cleanup", "--passes", "-p",
+                               help="pipeline, e.g. 'fold,cleanup' (see `qcompile passes`)"),
+    target: str = typer.Option("ort-fp32", "--target", "-t", help="ort-fp32 (more with later targets)"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="calibration data: .npz/.npy, image folder or image"),
+    preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
+    print_after: list[str] = typer.Option([], "--print-after", help="print the IR after PASS ('all' for every pass)"),
+    dump_dir: Optional[str] = typer.Option(None, "--dump-dir", help="write the IR after each pass to DIR"),
+    seed: int = typer.Option(0, "--seed", help="random seed (calibration image choice)"),
+    as_json: bool = typer.Option(False, "--json", help="print the pass report as JSON"),
+) -> None:
+    """Lift MODEL, run the pass pipeline, lower to TARGET and write OUTPUT.
+
+    Examples:
+
+      qcompile run ../shared/data/cifar10_resnet20.onnx --passes fold --target ort-fp32 -o f.onnx
+
+      qcompile run m.onnx -p "fold,cleanup" --print-after fold --dump-dir dumps/ -o m_folded.onnx
+    """
+    from qcompile.pipeline import compile_model
+
+    out = Path(output)
+    if not out.parent.exists():
+        raise QCompileError(f"output: folder {out.parent} does not exist; create it or choose "
+                            "another -o path")
+    report = compile_model(model, output, passes=passes, target=target, calib=calib,
+                           preprocess=preprocess, print_after=print_after, dump_dir=dump_dir,
+                           seed=seed, log=lambda m: typer.echo(m, err=True))
+    if as_json:
+        _echo_json(report)
+        return
+    for step in report["passes"]:
+        stats = ", ".join(f"{k}={v}" for k, v in step["stats"].items()) or "no change"
+        typer.echo(f"{step['pass']:<12} {step['seconds'] * 1000:8.1f} ms  {stats}", err=True)
+        for note in step["notes"][:10]:
+            typer.echo(f"    declined: {note}", err=True)
+        if len(step["notes"]) > 10:
+            typer.echo(f"    ... {len(step['notes']) - 10} more (use --json)", err=True)
+    typer.echo(f"wrote {report['output']} ({report['target']}, {report['nodes']} nodes)")
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command("passes")
+@user_errors
+def list_passes(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every pass with its options, requires and ensures.
+
+    Example: qcompile passes --json
+    """
+    from qcompile.passes import REGISTRY, describe_options
+
+    rows = []
+    for name, cls in REGISTRY.items():
+        rows.append({
+            "name": name,
+            "summary": cls.summary or (cls.__doc__ or "").strip().splitlines()[0],
+            "options": [{"name": n, "type": t, "default": d} for n, t, d in describe_options(cls)],
+            "requires": [c.name for c in cls.requires],
+            "ensures": [c.name for c in cls.ensures],
+        })
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['name']}: {r['summary']}")
+        for o in r["options"]:
+            typer.echo(f"    {o['name']}: {o['type']} = {o['default']}")
+        if r["requires"]:
+            typer.echo(f"    requires: {', '.join(r['requires'])}")
+        if r["ensures"]:
+            typer.echo(f"    ensures:  {', '.join(r['ensures'])}")
+    typer.echo("\npipeline grammar: name{key=value,...},name,...  "
+               "e.g. fold,cle{iterations=10},calibrate{method=percentile,percentile=99.99}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

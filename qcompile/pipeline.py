@@ -1,0 +1,77 @@
+"""The end-to-end driver behind ``qcompile run``: lift -> passes -> lower -> write.
+
+This is the one place that wires a frontend, the pass manager and a backend together (passes
+never import backends: the executor for calibration is injected here).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompile.errors import QCompileError
+from qcompile.passes import REGISTRY, DumpDir, PassContext, PrintAfter, parse_pipeline, run_pipeline
+from qcompile.targets import get_target
+
+
+def _executor():
+    try:
+        from qcompile.backends.ort.executor import OrtExecutor
+    except ImportError:  # pragma: no cover - only while the int8 work is not installed
+        return None
+    return OrtExecutor()
+
+
+def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,cleanup",
+                  target: str = "ort-fp32", calib: str | None = None, preprocess: str = "none",
+                  print_after: Sequence[str] = (), dump_dir: str | None = None, seed: int = 0,
+                  verify_each: bool = True, progress: Callable | None = None,
+                  log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Run the whole job and write ``output`` atomically; returns a JSON-ready report."""
+    from qcompile.backends.ort import lower, save_model
+    from qcompile.frontend import lift
+
+    tgt = get_target(target)
+    pipeline = parse_pipeline(passes, REGISTRY)
+    names = [p.name for p in pipeline]
+    for implied in tgt.implied_passes:
+        if implied not in names:
+            pipeline += parse_pipeline(implied, REGISTRY)
+    for unknown in [n for n in print_after if n != "all" and n not in REGISTRY]:
+        raise QCompileError(f"--print-after: unknown pass {unknown!r}; valid: "
+                            f"{', '.join(sorted(REGISTRY))} or all")
+    out = Path(output)
+    if not out.parent.exists():
+        raise QCompileError(f"output: folder {out.parent} does not exist; create it or choose "
+                            "another -o path")
+    graph = lift(model)
+    ctx = PassContext(rng=np.random.default_rng(seed), verify_each=verify_each,
+                      progress=progress, log=log)
+    if calib is not None:
+        from qcompile.data import open_dataset, preprocess_from_options
+
+        ctx.calib_data = open_dataset(calib, preprocess_from_options(preprocess), warn=log)
+        ctx.executor = _executor()
+    instruments = []
+    if print_after:
+        instruments.append(PrintAfter(print_after, sys.stdout))
+    if dump_dir:
+        instruments.append(DumpDir(dump_dir))
+    ctx.instruments = instruments
+    result = run_pipeline(graph, pipeline, ctx)
+    model_proto = lower(result.graph)
+    save_model(model_proto, out)
+    return {
+        "model": str(model),
+        "output": str(out),
+        "target": tgt.name,
+        "pipeline": ",".join(p.spec() for p in pipeline),
+        "nodes": len(result.graph.nodes),
+        "passes": [{"pass": p.spec(), "modified": r.modified, "stats": dict(r.stats),
+                    "notes": list(r.notes), "seconds": round(t, 6)}
+                   for p, r, t in result.results],
+    }
