@@ -81,17 +81,52 @@ def lift(model: onnx.ModelProto | str | os.PathLike, *, name: str | None = None)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ModelError(f"model: {src} uses opset {opset}; qcompile reads opsets "
                          f"{MIN_OPSET}..{MAX_OPSET} (convert with onnx.version_converter)")
+    sk = skeleton(model)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(sk)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"model: {src} is not a valid ONNX model: {first}") from None
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(sk, strict_mode=False, data_prop=True)
     except Exception as e:
         raise ModelError(f"model: {src}: ONNX shape inference failed ({e}); "
                          "fix the model's shapes") from None
-    return _translate(inferred, opsets, name or model.graph.name or "graph")
+    return _translate(model, opsets, name or model.graph.name or "graph",
+                      inferred.graph.value_info)
+
+
+_SMALL = 64  # initializers up to this many elements keep their data (shape tensors for data_prop)
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers are graph inputs without data.
+
+    Checking and shape inference only need initializer types and shapes (plus small integer
+    tensors for data propagation); serialising megabytes of weights to the C++ checker twice
+    was most of the lift time.
+    """
+    src = model.graph
+    g = onnx.GraphProto()
+    g.name = src.name
+    g.node.extend(src.node)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    g.input.extend(src.input)
+    listed = {vi.name for vi in src.input}
+    for t in src.initializer:
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        if n <= _SMALL:
+            g.initializer.append(t)
+        elif t.name not in listed:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    g.sparse_initializer.extend(src.sparse_initializer)
+    sk = onnx.ModelProto()
+    sk.ir_version = model.ir_version
+    sk.opset_import.extend(model.opset_import)
+    sk.functions.extend(model.functions)
+    sk.graph.CopyFrom(g)
+    return sk
 
 
 def _type_of(tp: onnx.TypeProto) -> TensorType:
@@ -158,7 +193,8 @@ def _constant_array(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str) -> Graph:
+def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str,
+               inferred_info=()) -> Graph:
     g_proto = model.graph
     g = Graph(name, opsets)
     g.doc_string = g_proto.doc_string
@@ -173,7 +209,7 @@ def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str) -> Gra
     g.metadata = {p.key: p.value for p in model.metadata_props}
     g.functions = [f.SerializeToString() for f in model.functions]
     types: dict[str, TensorType] = {}
-    for vi in list(g_proto.input) + list(g_proto.output) + list(g_proto.value_info):
+    for vi in list(inferred_info) + list(g_proto.input) + list(g_proto.output):
         types[vi.name] = _type_of(vi.type)
 
     env = {}
