@@ -1,3 +1,42 @@
-"""qcompile: a graph-compiler-style quantisation pipeline for CNNs."""
+"""qcompile: a graph-compiler-style quantisation pipeline for CNNs.
+
+The public API, importable from the package root (loaded lazily, so ``import qcompile`` is cheap)::
+
+    from qcompile import lift, run_pipeline, parse_pipeline, lower, save_model, verify
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Graph": "qcompile.ir",
+    "Node": "qcompile.ir",
+    "Value": "qcompile.ir",
+    "TensorType": "qcompile.ir",
+    "DType": "qcompile.ir",
+    "verify": "qcompile.ir",
+    "format_graph": "qcompile.ir",
+    "lift": "qcompile.frontend",
+    "lower": "qcompile.backends.ort",
+    "save_model": "qcompile.backends.ort",
+    "Pass": "qcompile.passes",
+    "PassContext": "qcompile.passes",
+    "PassResult": "qcompile.passes",
+    "REGISTRY": "qcompile.passes",
+    "parse_pipeline": "qcompile.passes",
+    "run_pipeline": "qcompile.passes",
+    "compile_model": "qcompile.pipeline",
+    "QCompileError": "qcompile.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'qcompile' has no attribute {name!r}")
