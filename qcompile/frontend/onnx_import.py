@@ -74,6 +74,13 @@ def lift(model: onnx.ModelProto | str | os.PathLike, *, name: str | None = None)
     src = str(model) if not isinstance(model, onnx.ModelProto) else (name or "model")
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model)
+    else:
+        # Data still external here would be read relative to the working directory, past the
+        # folder check in load_model: only a path (or a model with its data loaded) is lifted.
+        for t in external_data_helper._get_all_tensors(model):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                raise ModelError(f"model: {src}: tensor {t.name!r} has its data in an external "
+                                 "file that is not loaded; lift the .onnx path instead")
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in model.opset_import}
     opset = opsets.get("", None)
     if opset is None:
@@ -193,6 +200,16 @@ def _constant_array(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
+def _fresh(taken: set[str], node: onnx.NodeProto, index: int) -> str:
+    base = f"{node.name or node.op_type.lower()}_out{index}"
+    cand, k = base, 0
+    while cand in taken:
+        k += 1
+        cand = f"{base}_{k}"
+    taken.add(cand)
+    return cand
+
+
 def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str,
                inferred_info=()) -> Graph:
     g_proto = model.graph
@@ -222,6 +239,10 @@ def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str,
         if vi.name not in env:
             env[vi.name] = g.add_input(vi.name, types[vi.name])
     output_names = {o.name for o in g_proto.output}
+    # Every name the model uses, so a name made up for an omitted ("") output can never take
+    # a later tensor's name (which would then be renamed, even when it is a graph output).
+    onnx_names = {t.name for t in g_proto.initializer} | {vi.name for vi in g_proto.input} \
+        | {o for n in g_proto.node for o in n.output} | output_names
     for np_ in g_proto.node:
         if np_.op_type == "Constant" and np_.domain in ("", "ai.onnx") \
                 and np_.output[0] not in output_names:
@@ -243,7 +264,8 @@ def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str,
         node = Node(np_.op_type, inputs, out_types,
                     attrs={a.name: attr_value(a) for a in np_.attribute},
                     domain=np_.domain if np_.domain != "ai.onnx" else "",
-                    name=np_.name, output_names=[o or "" for o in np_.output])
+                    name=np_.name, output_names=[o or _fresh(onnx_names, np_, i)
+                                                 for i, o in enumerate(np_.output)])
         g.append(node)
         for o_name, v in zip(np_.output, node.outputs):
             if o_name:

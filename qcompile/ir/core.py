@@ -99,7 +99,11 @@ class Value:
         """Point every consuming node input at ``other`` (graph outputs: see Graph.replace_value)."""
         if other is self:
             return
-        for use in self.uses():
+        uses = self.uses()
+        for use in uses:  # check every use first, so a refusal leaves the graph untouched
+            if use.node.graph is not None:
+                use.node.graph._check_defined_before(other, use.node)
+        for use in uses:
             use.node.replace_input(use.index, other)
 
     def __repr__(self) -> str:
@@ -156,6 +160,7 @@ class Node:
 
     def replace_input(self, i: int, v: Value | None) -> None:
         """Set input ``i`` to ``v``, keeping both values' use lists in step."""
+        i = range(len(self._inputs))[i]  # normalise a negative index: uses record i >= 0
         old = self._inputs[i]
         if old is v:
             return
@@ -170,7 +175,11 @@ class Node:
     def add_input(self, v: Value | None) -> int:
         """Append an input (e.g. an optional bias); returns its index."""
         self._inputs.append(None)
-        self.replace_input(len(self._inputs) - 1, v)
+        try:
+            self.replace_input(len(self._inputs) - 1, v)
+        except IRError:
+            self._inputs.pop()  # refused: leave the node as it was
+            raise
         return len(self._inputs) - 1
 
     def _detach_inputs(self) -> None:
@@ -271,6 +280,8 @@ class Graph:
         return v
 
     def remove_const(self, v: Value) -> None:
+        if self.initializers.get(v.name) is not v:
+            raise IRError(f"%{v.name} is not a constant of graph {self.name!r}")
         if v._uses or v in self.outputs:
             raise IRError(f"constant %{v.name} is still used")
         del self.initializers[v.name]
@@ -301,12 +312,31 @@ class Graph:
             )
 
     def _insert_at(self, index: int, nodes: Sequence[Node]) -> None:
+        # Check the whole batch before changing anything, so a refusal leaves the graph as it
+        # was. A node registers its uses when it is constructed; a refused node's uses are
+        # dropped again (re-registered if it is inserted later), so verify() still passes.
+        try:
+            batch: set[Node] = set()
+            for node in nodes:
+                if node.graph is not None or node in batch:
+                    raise IRError(f"{node!r} already belongs to a graph")
+                for v in node.inputs:
+                    if v is None:
+                        continue
+                    if v.producer is not None and v.producer in batch:
+                        continue  # defined by an earlier node of the same batch
+                    self._check_defined_before(v, node, at=index)
+                batch.add(node)
+        except IRError:
+            for node in nodes:
+                if node.graph is None:
+                    node._detach_inputs()
+            raise
         for k, node in enumerate(nodes):
             at_end = index + k == len(self._nodes)
-            for v in node.inputs:
+            for i, v in enumerate(node.inputs):
                 if v is not None:
-                    # Appending: any producer already in the graph is earlier by construction.
-                    self._check_defined_before(v, node, at=len(self._nodes) if at_end else index + k)
+                    v._uses[Use(node, i)] = None
             self._name_node(node)
             self._nodes.insert(index + k, node)
             if self._pos is not None and at_end:
@@ -325,6 +355,8 @@ class Graph:
 
     def remove(self, node: Node, *, safe: bool = True) -> None:
         """Remove ``node``. ``safe`` refuses while any of its outputs is still used."""
+        if node.graph is not self:
+            raise IRError(f"{node!r} is not in graph {self.name!r}")
         if safe:
             for out in node.outputs:
                 if out._uses or out in self.outputs:
@@ -358,6 +390,12 @@ class Graph:
         order: list[Node] = []
         done: set[Node] = set()
         pending = list(self._nodes)
+        members = set(pending)
+        for n in pending:  # a producer outside the graph would otherwise be reported as a cycle
+            for v in n.inputs:
+                if v is not None and v.producer is not None and v.producer not in members:
+                    raise IRError(f"{n!r} reads %{v.name}, whose producer is not in graph "
+                                  f"{self.name!r}")
         while pending:
             rest = []
             for n in pending:

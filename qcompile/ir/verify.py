@@ -18,14 +18,14 @@ class VerifyError(IRError):
 def verify(graph: Graph) -> None:
     """Check use-def symmetry, topological order, unique names, arity and required attributes."""
     problems: list[str] = []
-    defined: set[Value] = set()
+    defined: dict[Value, None] = {}  # ordered, so problems are listed in a stable order
     names: dict[str, Value] = {}
 
     def define(v: Value, what: str) -> None:
         if v.name in names and names[v.name] is not v:
             problems.append(f"value name %{v.name} is defined twice ({what})")
         names[v.name] = v
-        defined.add(v)
+        defined[v] = None
 
     for v in graph.inputs:
         if v.producer is not None or v.is_const:

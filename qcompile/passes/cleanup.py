@@ -44,6 +44,12 @@ def _slice(x, starts, ends, axes=None, steps=None):
     return x[tuple(idx)]
 
 
+def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX integer Div truncates toward zero (C semantics); numpy's ``//`` floors."""
+    q = np.abs(a) // np.abs(b)
+    return np.where((a < 0) != (b < 0), -q, q)
+
+
 def _same_dtype(fn: Callable) -> Callable:
     def run(*args, **attrs):
         return np.asarray(fn(*args, **attrs)).astype(args[0].dtype)
@@ -54,7 +60,7 @@ FOLDERS: dict[str, Callable[..., np.ndarray]] = {
     "Add": _same_dtype(np.add),
     "Sub": _same_dtype(np.subtract),
     "Mul": _same_dtype(np.multiply),
-    "Div": _same_dtype(lambda a, b: a // b if np.issubdtype(a.dtype, np.integer) else a / b),
+    "Div": _same_dtype(lambda a, b: _int_div(a, b) if np.issubdtype(a.dtype, np.integer) else a / b),
     "Neg": np.negative,
     "Sqrt": np.sqrt,
     "Reshape": lambda x, s, allowzero=0: _reshape(x, s, allowzero),

@@ -118,7 +118,11 @@ def _rewrite(graph: Graph, bn: Node) -> None:
         b_val.const = b_arr.reshape(b_val.const.shape) if b_val.const.size == b_arr.size else b_arr
         b_val.type = type(b_val.type).of(b_val.const)
     else:
-        prod.add_input(graph.add_const(f"{prod.name}.bias", b_arr))
+        bias = graph.add_const(f"{prod.name}.bias", b_arr)
+        if len(prod.inputs) > 2:  # the bias slot is there but omitted (ONNX name "")
+            prod.replace_input(2, bias)
+        else:
+            prod.add_input(bias)
     bn_out = bn.outputs[0]
     params = [v for v in bn.inputs[1:] if v is not None]
     x.type = bn_out.type

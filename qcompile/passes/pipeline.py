@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from qcompile.errors import OptionError, QCompileError
-from qcompile.ir import Graph, format_graph, verify
+from qcompile.ir import Graph, VerifyError, format_graph, verify
 from qcompile.passes.base import Pass, PassContext, PassError, PassResult, PreconditionError
 
 _SPEC = re.compile(r"\s*([A-Za-z_][\w-]*)\s*(?:\{(.*?)\})?\s*$", re.S)
@@ -78,8 +78,9 @@ def convert(pass_name: str, key: str, raw: str, ann: Any) -> Any:
                 errors.append(str(e))
         raise OptionError(errors[0] if errors else f"{where} is invalid")
     if origin is typing.Literal:
-        if raw in args:
-            return raw
+        for a in args:  # choices may be ints (bits: Literal[4, 8]) as well as strings
+            if raw == str(a) or (isinstance(a, bool) and raw.lower() == str(a).lower()):
+                return a
         raise OptionError(f"{where} is not one of {', '.join(map(str, args))}; "
                           f"{_suggest(raw, [str(a) for a in args])}".rstrip("; "))
     if origin is tuple:
@@ -195,13 +196,19 @@ def run_pipeline(graph: Graph, passes: Sequence[Pass], ctx: PassContext | None =
         try:
             result = p.run(graph, ctx)
         except QCompileError as e:
-            raise type(e)(f"pass '{p.name}': {e}") from None
+            # Prefix in place: keeps the type and its fields (UnsupportedOpError.ops...), whose
+            # constructors need not take a single message.
+            e.args = (f"pass '{p.name}': {e}",) + e.args[1:]
+            raise e from None
         except Exception as e:
             raise PassError(f"pass '{p.name}' failed after {done}: {type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - t0
         graph = result.graph
         if ctx.verify_each:
-            verify(graph)
+            try:
+                verify(graph)
+            except VerifyError as e:
+                raise PassError(f"pass '{p.name}' (after {done}) left invalid IR: {e}") from e
             for check in p.ensures:
                 why = check(graph)
                 if why is not None:
