@@ -132,6 +132,8 @@ def parse_pipeline(text: str, registry: Mapping[str, type[Pass]] | None = None) 
                 valid = ", ".join(opts) or "(none)"
                 raise OptionError(f"pass '{name}': unknown option {key!r}; "
                                   f"{_suggest(key, list(opts))}valid options: {valid}")
+            if key in kwargs:
+                raise OptionError(f"pass '{name}': option {key!r} is given twice; keep one")
             kwargs[key] = value.strip()
             last = key
         typed = {k: convert(name, k, v, opts[k]) for k, v in kwargs.items()}

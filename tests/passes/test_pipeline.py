@@ -430,3 +430,10 @@ def test_pipeline_result_graph_and_seconds(registry):
     (p, r, secs), = res.results
     assert r.stats == {"added": 1} and secs >= 0
     assert np.isfinite(secs)
+
+
+def test_repeated_option_is_an_error():
+    from qcompile.errors import OptionError
+
+    with pytest.raises(OptionError, match="given twice"):
+        parse_pipeline("cleanup{fold_constants=true,fold_constants=false}")
