@@ -36,7 +36,8 @@ def lower(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
         graph.name,
         [_value_info(v) for v in graph.inputs],
         [_value_info(v) for v in graph.outputs],
-        initializer=[_tensor(v) for v in graph.initializers.values()] + ctx.initializers,
+        initializer=[_tensor(v) for v in graph.initializers.values()
+                     if v.name not in ctx.skip_initializers] + ctx.initializers,
         doc_string=graph.doc_string or None,
         value_info=[_value_info(v) for n in graph.nodes for v in n.outputs
                     if v.type.dtype != DType.UNDEFINED and v not in graph.outputs
@@ -176,9 +177,17 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
+        # mkstemp creates the file 0600; give it the mode a plain open() would (umask applies)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -22,6 +22,7 @@ class LoweringContext:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     extra_opsets: dict[str, int] = field(default_factory=dict)
+    skip_initializers: set[str] = field(default_factory=set)  # replaced by a rule (e.g. int8)
 
     @property
     def opset(self) -> int:
