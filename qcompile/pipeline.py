@@ -15,7 +15,7 @@ import numpy as np
 
 from qcompile.errors import QCompileError
 from qcompile.passes import REGISTRY, DumpDir, PassContext, PrintAfter, parse_pipeline, run_pipeline
-from qcompile.targets import get_target
+from qcompile.targets import check_graph, configure_pipeline, get_target
 
 
 def _executor():
@@ -30,17 +30,14 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
                   target: str = "ort-fp32", calib: str | None = None, preprocess: str = "none",
                   print_after: Sequence[str] = (), dump_dir: str | None = None, seed: int = 0,
                   verify_each: bool = True, progress: Callable | None = None,
-                  log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+                  log: Callable[[str], None] = lambda m: None,
+                  cpu: str | None = None) -> dict[str, Any]:
     """Run the whole job and write ``output`` atomically; returns a JSON-ready report."""
     from qcompile.backends.ort import lower, save_model
     from qcompile.frontend import lift
 
     tgt = get_target(target)
-    pipeline = parse_pipeline(passes, REGISTRY)
-    names = [p.name for p in pipeline]
-    for implied in tgt.implied_passes:
-        if implied not in names:
-            pipeline += parse_pipeline(implied, REGISTRY)
+    pipeline = configure_pipeline(tgt, passes, cpu=cpu)
     for unknown in [n for n in print_after if n != "all" and n not in REGISTRY]:
         raise QCompileError(f"--print-after: unknown pass {unknown!r}; valid: "
                             f"{', '.join(sorted(REGISTRY))} or all")
@@ -49,6 +46,7 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
         raise QCompileError(f"output: folder {out.parent} does not exist; create it or choose "
                             "another -o path")
     graph = lift(model)
+    check_graph(tgt, graph, stage="input")
     ctx = PassContext(rng=np.random.default_rng(seed), verify_each=verify_each,
                       progress=progress, log=log)
     if calib is not None:
@@ -63,9 +61,15 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
         instruments.append(DumpDir(dump_dir))
     ctx.instruments = instruments
     result = run_pipeline(graph, pipeline, ctx)
+    check_graph(tgt, result.graph, stage="output")
     model_proto = lower(result.graph)
+    extra: dict[str, Any] = {}
+    if tgt.name == "ort-int8":
+        from qcompile.backends.ort.measure import optimized_op_counts
+
+        extra["ort_ops"] = dict(sorted(optimized_op_counts(model_proto).items()))
     save_model(model_proto, out)
-    return {
+    return {**extra,
         "model": str(model),
         "output": str(out),
         "target": tgt.name,

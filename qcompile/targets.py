@@ -32,3 +32,65 @@ def get_target(name: str) -> Target:
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise OptionError(f"target: unknown target {name!r}; {hint}valid: {', '.join(TARGETS)}")
     return TARGETS[name]
+
+
+# ---- int8 on ONNX Runtime -----------------------------------------------------------------
+TARGETS["ort-int8"] = Target(
+    "ort-int8", "ort", "int8 QDQ model that ONNX Runtime's CPU EP fuses into QLinearConv/"
+    "QLinearAdd/QGemm (types chosen for the CPU: --cpu vnni|avx2|arm|generic)",
+    implied_passes=("quantize",))
+
+
+def target_pass_defaults(target: Target, cpu: str | None = None) -> dict[str, dict[str, object]]:
+    """Per-pass option defaults a target imposes unless the user set them (pass -> options)."""
+    if target.name != "ort-int8":
+        return {}
+    from qcompile.backends.ort.cpu import detect_cpu, int8_defaults
+
+    return {"quantize": int8_defaults(cpu or detect_cpu())}
+
+
+def configure_pipeline(target: Target, text: str, *, cpu: str | None = None) -> list:
+    """Parse ``text``, append the target's implied passes when missing, and apply the target's
+    option defaults to every option the user did not write (``quantize{per_channel=false}``
+    keeps the CPU's activation type and reduce_range)."""
+    import dataclasses
+
+    from qcompile.passes import REGISTRY, parse_pipeline
+    from qcompile.passes.pipeline import _SPEC, split_specs
+
+    pipeline = parse_pipeline(text, REGISTRY)
+    explicit: list[set[str]] = []
+    for spec in split_specs(text):
+        m = _SPEC.match(spec)
+        body = (m.group(2) or "") if m else ""
+        explicit.append({item.partition("=")[0].strip() for item in split_specs(body)
+                         if "=" in item} if body.strip() else set())
+    names = [p.name for p in pipeline]
+    for implied in target.implied_passes:
+        if implied not in names:
+            pipeline += parse_pipeline(implied, REGISTRY)
+            explicit.append(set())
+    defaults = target_pass_defaults(target, cpu)
+    out = []
+    for p, keys in zip(pipeline, explicit, strict=True):
+        opts = {k: v for k, v in defaults.get(p.name, {}).items() if k not in keys}
+        out.append(dataclasses.replace(p, **opts) if opts else p)
+    return out
+
+
+def check_graph(target: Target, graph, *, stage: str) -> None:
+    """Target-level checks: before the passes (``stage='input'``) and after (``'output'``)."""
+    if target.name != "ort-int8":
+        return
+    from qcompile.ir import QCOMPILE_DOMAIN
+    from qcompile.passes.quantize import quantisable_nodes
+
+    if stage == "input" and not quantisable_nodes(graph):
+        raise OptionError(f"target ort-int8: {graph.name!r} has no quantisable op (Conv, Gemm "
+                          "or MatMul with a constant weight, or Add of two activations); "
+                          "nothing to run in int8 (use --target ort-fp32)")
+    if stage == "output" and not any(n.domain == QCOMPILE_DOMAIN and n.op == "QDQ"
+                                     for n in graph.nodes):
+        raise OptionError("target ort-int8: no op was quantised (all declined or kept float; "
+                          "see the quantize notes with --json); nothing to run in int8")

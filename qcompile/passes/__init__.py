@@ -1,5 +1,6 @@
 """Passes and the pass manager. ``REGISTRY`` maps each CLI name to its class (explicit, greppable)."""
 
+from qcompile.passes.absorb import AbsorbHighBias
 from qcompile.passes.base import (
     Check,
     Executor,
@@ -10,8 +11,11 @@ from qcompile.passes.base import (
     PreconditionError,
     Stats,
 )
+from qcompile.passes.calibrate import Calibrate
+from qcompile.passes.cle import CrossLayerEqualize
 from qcompile.passes.cleanup import Cleanup
 from qcompile.passes.fold_bn import FoldBatchNorm
+from qcompile.passes.quantize import Quantize
 from qcompile.passes.pipeline import (
     DumpDir,
     PipelineResult,
@@ -24,12 +28,19 @@ from qcompile.passes.pipeline import (
 REGISTRY: dict[str, type[Pass]] = {
     "fold": FoldBatchNorm,
     "cleanup": Cleanup,
+    "cle": CrossLayerEqualize,
+    "absorb": AbsorbHighBias,
+    "calibrate": Calibrate,
+    "quantize": Quantize,
 }
 
 __all__ = [
     "REGISTRY",
+    "AbsorbHighBias",
+    "Calibrate",
     "Check",
     "Cleanup",
+    "CrossLayerEqualize",
     "DumpDir",
     "Executor",
     "FoldBatchNorm",
@@ -40,6 +51,7 @@ __all__ = [
     "PipelineResult",
     "PreconditionError",
     "PrintAfter",
+    "Quantize",
     "Stats",
     "describe_options",
     "parse_pipeline",

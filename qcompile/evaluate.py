@@ -1,0 +1,164 @@
+"""Evaluation of model files on labelled images: ``qcompile eval`` and ``qcompile compare``.
+
+* ``evaluate_model``: top-1 / top-5 accuracy, per-class accuracy, latency at batch 1 and 8
+  (ONNX Runtime, warm-up then the median of timed runs), model file size.
+* ``compare_models``: on the same images, top-1 agreement of A and B, both accuracies and the
+  delta ``acc(B) - acc(A)``, and the SQNR of B's logits against A's:
+  ``10 log10(sum a^2 / sum (a - b)^2)`` over all images.
+
+Calibration hygiene: a model written by ``calibrate`` records its calibration images in the
+metadata ``qcompile.calibration``; when the evaluation data is the same source (same resolved
+path and size) those images are left out, so accuracy is never measured on calibration images.
+``compare`` leaves out the union of both models' calibration images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompile.backends.ort.measure import ModelRunner, node_providers, provider_summary, tile_batch
+from qcompile.data import Dataset, open_dataset, preprocess_from_options
+from qcompile.errors import QCompileError
+
+CALIB_KEY = "qcompile.calibration"
+
+
+def calibration_indices(runner: ModelRunner, ds: Dataset) -> np.ndarray:
+    """Indices of ``ds`` that the model was calibrated on (empty if another source)."""
+    raw = runner.metadata.get(CALIB_KEY)
+    if not raw:
+        return np.zeros(0, np.int64)
+    try:
+        rec = json.loads(raw)
+        same = (Path(rec["source"]).resolve() == Path(ds.source).resolve()
+                and int(rec["size"]) == len(ds))
+    except (ValueError, KeyError, TypeError, OSError):
+        return np.zeros(0, np.int64)
+    return np.asarray(rec.get("indices", []), np.int64) if same else np.zeros(0, np.int64)
+
+
+def _open(data: str | Dataset, preprocess: str, log: Callable[[str], None]) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    return open_dataset(data, preprocess_from_options(preprocess), warn=log)
+
+
+def _eval_indices(ds: Dataset, exclude: np.ndarray, limit: int | None) -> np.ndarray:
+    if ds.labels is None:
+        raise QCompileError(f"data: {ds.source} has no labels; evaluation needs labelled images "
+                            "(an .npz with 'labels' or class subfolders)")
+    idx = np.setdiff1d(np.arange(len(ds), dtype=np.int64), exclude)
+    if limit is not None:
+        idx = idx[: max(int(limit), 0)]
+    if idx.size == 0:
+        raise QCompileError(f"data: no evaluation images left in {ds.source} "
+                            f"({len(exclude)} used for calibration)")
+    return idx
+
+
+def _topk(logits: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, logits.shape[1])
+    return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+
+
+def evaluate_model(model: str, data: str | Dataset, *, preprocess: str = "none",
+                   limit: int | None = None, batch: int = 64, latency: bool = True,
+                   device: str = "cpu", threads: int = 0, exclude_calibration: bool = True,
+                   indices: np.ndarray | None = None,
+                   log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Accuracy, per-class accuracy, latency (batch 1 and 8) and size of one model file."""
+    runner = ModelRunner(model, device=device, threads=threads)
+    ds = _open(data, preprocess, log)
+    excluded = calibration_indices(runner, ds) if exclude_calibration else np.zeros(0, np.int64)
+    idx = _eval_indices(ds, excluded, limit) if indices is None else np.asarray(indices)
+    correct1 = correct5 = n = 0
+    classes = ds.class_names
+    per_class: dict[int, list[int]] = {}
+    first: np.ndarray | None = None
+    t0 = time.perf_counter()
+    for b in ds.batches(batch, indices=idx):
+        if first is None:
+            first = b.x[:8]
+        logits = _check_logits(runner.predict(b.x), model)
+        top = _topk(logits, 5)
+        labels = b.labels
+        hit1 = top[:, 0] == labels
+        correct1 += int(hit1.sum())
+        correct5 += int((top == labels[:, None]).any(axis=1).sum())
+        n += len(labels)
+        for lab, h in zip(labels.tolist(), hit1.tolist(), strict=True):
+            c = per_class.setdefault(lab, [0, 0])
+            c[0] += int(h)
+            c[1] += 1
+    seconds = time.perf_counter() - t0
+    report: dict[str, Any] = {
+        "model": str(model), "data": ds.source, "images": n,
+        "excluded_calibration_images": int(excluded.size),
+        "top1": correct1 / n, "top5": correct5 / n,
+        "per_class": {(classes[k] if classes and k < len(classes) else str(k)):
+                      {"accuracy": v[0] / v[1], "images": v[1]}
+                      for k, v in sorted(per_class.items())},
+        "size_bytes": runner.size_bytes, "int8": runner.int8,
+        "providers": runner.providers[:1], "eval_seconds": round(seconds, 3),
+    }
+    if device != "cpu" and first is not None:  # which EP ran each node (TensorRT or not)
+        eps = node_providers(model, first[:1], device=device)
+        report["node_providers"] = provider_summary(eps)
+    if latency and first is not None:
+        report["latency_ms"] = {str(bs): round(runner.latency_ms(tile_batch(first, bs)), 3)
+                                for bs in (1, 8)}
+    return report
+
+
+def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str = "none",
+                   limit: int | None = None, batch: int = 64, device: str = "cpu",
+                   threads: int = 0, log: Callable[[str], None] = lambda m: None
+                   ) -> dict[str, Any]:
+    """Top-1 agreement, accuracy delta and logit SQNR of B against A on the same images."""
+    ra = ModelRunner(a, device=device, threads=threads)
+    rb = ModelRunner(b, device=device, threads=threads)
+    ds = _open(data, preprocess, log)
+    excluded = np.union1d(calibration_indices(ra, ds), calibration_indices(rb, ds))
+    idx = _eval_indices(ds, excluded, limit)
+    agree = ca = cb = n = 0
+    sig = noise = 0.0
+    for bt in ds.batches(batch, indices=idx):
+        la = _check_logits(ra.predict(bt.x), a).astype(np.float64)
+        lb = _check_logits(rb.predict(bt.x), b).astype(np.float64)
+        if la.shape != lb.shape:
+            raise QCompileError(f"compare: output shapes differ ({la.shape} vs {lb.shape})")
+        pa, pb = la.argmax(1), lb.argmax(1)
+        agree += int((pa == pb).sum())
+        ca += int((pa == bt.labels).sum())
+        cb += int((pb == bt.labels).sum())
+        n += len(pa)
+        sig += float((la ** 2).sum())
+        noise += float(((la - lb) ** 2).sum())
+    return {
+        "a": str(a), "b": str(b), "data": ds.source, "images": n,
+        "excluded_calibration_images": int(excluded.size),
+        "top1_agreement": agree / n, "top1_a": ca / n, "top1_b": cb / n,
+        "top1_delta": (cb - ca) / n,
+        "logits_sqnr_db": _sqnr_from_sums(sig, noise),
+    }
+
+
+def _sqnr_from_sums(signal: float, noise: float) -> float:
+    """``sqnr_db`` accumulated over batches: ``10 log10(sum a^2 / sum (a - b)^2)``."""
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _check_logits(y: np.ndarray, model: str) -> np.ndarray:
+    if y.ndim != 2:
+        raise QCompileError(f"model: {model} outputs shape {list(y.shape)}; evaluation expects "
+                            "[batch, classes] logits")
+    return y

@@ -1,0 +1,191 @@
+"""``calibrate``: observe activation ranges on real data and store them in ``meta[RANGE]``.
+
+The float graph runs through the injected ``ctx.executor`` (ONNX Runtime exposing the
+intermediates) batch by batch; each observed value folds every batch into its streaming
+observer (:mod:`qcompile.numerics.observers`), so memory is O(bins) per value whatever the
+number of images. Then ``meta[RANGE] = Range(lo, hi, method)`` with
+
+* ``minmax``: ``[min x, max x]`` over all images;
+* ``percentile``: tails of mass ``1 - percentile/100`` clipped (see observers);
+* ``entropy``: KL-divergence threshold for ``bits``-bit quantisation on ``bins`` bins per side;
+* ``mse``: the range minimising the expected squared quantisation error at ``bits`` bits.
+
+Observed values: graph inputs and node outputs of float type, except a value whose only use is a
+Relu/Clip (that activation is fused into its producer when quantised, so only its output is
+quantised). Images: ``min(images, len(data))`` drawn with ``Dataset.split(images, seed)`` (a
+seeded permutation), so a fixed seed gives the same images and ranges; the indices are logged
+and recorded in the graph metadata ``qcompile.calibration`` (ONNX ``metadata_props``), so that
+evaluation can leave them out. ``ctx.calib_data`` may also be any iterable of feeds (arrays for
+a one-input graph, or dicts name -> array); then the first ``images`` rows are used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from qcompile.errors import OptionError, QCompileError
+from qcompile.ir import RANGE, Graph, Range, Value
+from qcompile.numerics.observers import make_observer
+from qcompile.passes import checks
+from qcompile.passes.base import Pass, PassContext, PassResult, Stats
+
+METADATA_KEY = "qcompile.calibration"
+
+
+class CalibrationError(QCompileError):
+    """Calibration cannot run: no data, an empty set, or no executor."""
+
+
+@dataclass(frozen=True)
+class Calibrate(Pass):
+    """Run the float graph on calibration images and record activation ranges."""
+
+    name = "calibrate"
+    summary = "observe activation ranges (minmax|percentile|entropy|mse) on calibration data"
+    ensures = (checks.calibrated,)
+
+    method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
+    percentile: float = 99.99
+    images: int = 512
+    batch: int = 32
+    bins: int = 2048
+    bits: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.images < 1:
+            raise OptionError(f"pass 'calibrate': images={self.images}; need at least 1 image")
+        if self.batch < 1:
+            raise OptionError(f"pass 'calibrate': batch={self.batch} must be >= 1")
+        if self.bins < 16 or self.bins & (self.bins - 1):
+            raise OptionError(f"pass 'calibrate': bins={self.bins} must be a power of two >= 16")
+        if not 0 < self.percentile <= 100:
+            raise OptionError(f"pass 'calibrate': percentile={self.percentile} must be in (0, 100]")
+        if self.bits not in (4, 8, 16):
+            raise OptionError(f"pass 'calibrate': bits={self.bits} must be 4, 8 or 16")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        st = Stats()
+        if ctx.executor is None:
+            raise CalibrationError("no executor to run the float graph; the driver "
+                                   "must set PassContext(executor=...)")
+        if ctx.calib_data is None:
+            raise CalibrationError("no calibration data; give --calib PATH")
+        values = observed_values(graph)
+        if not values:
+            st.skip("nothing_to_observe", "graph", "no float activation to observe")
+            return st.result(graph, False)
+        observers = {v: make_observer(self.method, self.bins) for v in values}
+        feeds, total, info = self._feeds(graph, ctx)
+        ctx.log(info["log"])
+        bar = ctx.progress(total=total, desc="calibrate") if ctx.progress else None
+        seen = 0
+        try:
+            for feed, n in feeds:
+                outs = ctx.executor.run(graph, feed, values)
+                for v, arr in outs.items():
+                    observers[v].update(arr)
+                seen += n
+                _advance(bar, n)
+        finally:
+            _close(bar)
+        if seen == 0:
+            raise CalibrationError(f"the calibration set {info['source']} is empty "
+                                   "(no readable image); give a folder or file with images")
+        for v, obs in observers.items():
+            lo, hi = obs.range(self.method, percentile=self.percentile, bits=self.bits)
+            v.meta[RANGE] = Range(float(lo), float(hi), self.method)
+        info["record"]["images"] = seen
+        graph.metadata[METADATA_KEY] = json.dumps(info["record"], separators=(",", ":"))
+        st.count("observed_values", len(values))
+        st.count("images", seen)
+        return st.result(graph, True)
+
+    # -- data ---------------------------------------------------------------------------
+    def _feeds(self, graph: Graph, ctx: PassContext
+               ) -> tuple[Iterator[tuple[dict[str, np.ndarray], int]], int, dict[str, Any]]:
+        data = ctx.calib_data
+        inputs = [v for v in graph.inputs]
+        record: dict[str, Any] = {"method": self.method, "seed": self.seed}
+        if hasattr(data, "batches") and hasattr(data, "split"):
+            n = len(data)
+            if n == 0:
+                raise CalibrationError(f"the calibration set {data.source} is empty; "
+                                       "give a folder or file with images")
+            if len(inputs) != 1:
+                raise CalibrationError(f"the model has {len(inputs)} inputs; image "
+                                       "calibration data feeds exactly one")
+            take = min(self.images, n)
+            idx, _ = data.split(take, seed=self.seed)
+            record.update(source=str(data.source), size=n, indices=[int(i) for i in idx])
+            files = getattr(data, "files", None)
+            shown = ", ".join(str(i) for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
+            log = (f"calibrate: {take} of {n} images from {data.source} (seed {self.seed}, "
+                   f"method {self.method}): indices {shown}"
+                   + (f"; first file {files[int(idx[0])]}" if files else "")
+                   + f"; full list in model metadata {METADATA_KEY!r}")
+            name = inputs[0].name
+
+            def gen() -> Iterator[tuple[dict[str, np.ndarray], int]]:
+                for b in data.batches(self.batch, indices=idx):
+                    _check_shape(inputs[0], b.x, data.source)
+                    yield {name: b.x}, len(b.x)
+
+            return gen(), take, {"log": log, "record": record, "source": data.source}
+        items = list(data)[: self.images]  # in-memory feeds: the first `images` feeds
+        record.update(source="<in-memory feeds>", size=len(items))
+
+        def gen_items() -> Iterator[tuple[dict[str, np.ndarray], int]]:
+            for item in items:
+                feed = item if isinstance(item, dict) else {inputs[0].name: np.asarray(item)}
+                first = next(iter(feed.values()))
+                yield feed, int(np.shape(first)[0]) if np.ndim(first) else 1
+
+        log = f"calibrate: {len(items)} in-memory feed(s) (method {self.method})"
+        return gen_items(), len(items), {"log": log, "record": record,
+                                         "source": "<in-memory feeds>"}
+
+
+def observed_values(graph: Graph) -> list[Value]:
+    """Float activations whose range ``quantize`` may need (see the module docstring)."""
+    out: list[Value] = []
+    candidates = list(graph.inputs) + [o for n in graph.nodes for o in n.outputs]
+    for v in candidates:
+        if v.is_const or not v.type.dtype.is_float:
+            continue
+        if not v.uses() and v not in graph.outputs:
+            continue
+        if checks.fused_activation(v) is not None and v not in graph.outputs:
+            continue
+        out.append(v)
+    return out
+
+
+def _check_shape(v: Value, x: np.ndarray, source: str) -> None:
+    shape = v.type.shape
+    if shape is None or len(shape) != x.ndim:
+        return
+    for want, got in zip(shape[1:], x.shape[1:], strict=True):
+        if isinstance(want, int) and want != got:
+            raise CalibrationError(
+                f"calibration images from {source} have shape {list(x.shape[1:])} but the model "
+                f"input %{v.name} is {list(shape)}; choose a matching --preprocess (or size)")
+
+
+def _advance(bar: Any, n: int) -> None:
+    if bar is None:
+        return
+    if hasattr(bar, "update"):
+        bar.update(n)
+    elif callable(bar):
+        bar(n)
+
+
+def _close(bar: Any) -> None:
+    if bar is not None and hasattr(bar, "close"):
+        bar.close()
