@@ -114,7 +114,8 @@ def run(
     output: str = typer.Option(..., "-o", "--output", help="where to write the lowered model"),
     passes: str = typer.Option("fold,cleanup", "--passes", "-p",
                                help="pipeline, e.g. 'fold,cleanup' (see `qcompile passes`)"),
-    target: str = typer.Option("ort-fp32", "--target", "-t", help="ort-fp32 (more with later targets)"),
+    target: str = typer.Option("ort-fp32", "--target", "-t",
+                               help="ort-fp32 | ort-int8 (adds 'quantize' when missing)"),
     calib: Optional[str] = typer.Option(None, "--calib", help="calibration data: .npz/.npy, image folder or image"),
     preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
     print_after: list[str] = typer.Option([], "--print-after", help="print the IR after PASS ('all' for every pass)"),
@@ -129,6 +130,9 @@ def run(
     Examples:
 
       qcompile run ../shared/data/cifar10_resnet20.onnx --passes fold --target ort-fp32 -o f.onnx
+
+      qcompile run ../shared/data/cifar10_resnet56.onnx --passes fold,calibrate,quantize
+      --target ort-int8 --calib ../shared/data/cifar10_test_dev.npz --preprocess cifar -o r56_int8.onnx
 
       qcompile run m.onnx -p "fold,cleanup" --print-after fold --dump-dir dumps/ -o m_folded.onnx
     """
