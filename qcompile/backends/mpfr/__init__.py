@@ -1,0 +1,27 @@
+"""MPFR backend: run a network with every scalar operation rounded into a float format.
+
+Semantics (both engines follow them exactly; see README "Float-format emulation"):
+
+* every scalar operation's exact result is rounded once into the format (MPFR semantics:
+  precision p, exponent range, subnormals, overflow/underflow, signed zeros, NaN);
+* graph inputs, weights and constants (including attributes such as BN epsilon, LeakyRelu
+  alpha, Pad values and pooling divisors) are converted first, with the conversion rounding;
+* Conv: per output element acc = +0, acc = acc (+) x*w over (input channel, kernel row,
+  kernel column) in that order, padded positions skipped, bias added last;
+  Gemm/MatMul: acc = +0, products over k in order, bias last (``--compat qresnet``: Gemm
+  starts from the bias); accumulation ``sequential`` acc = round(acc + round(x*w)),
+  ``fma`` acc = round(acc + x*w), ``exact`` one rounding of the exact sum (a quire);
+* BatchNormalization ((x - mean) / sqrt(var + eps)) * scale + B left to right (the
+  per-channel sqrt once); Global/AveragePool: sum from +0 in row-major window order, then
+  divide by the (converted) count; Add/Sub/Mul/Div/Sqrt element-wise; Relu (x if x > 0 or
+  NaN, else +0), MaxPool (first maximum in window order, NaN wins), Clip, Pad, Slice,
+  Flatten, Reshape, Identity, Concat exact; LeakyRelu one multiply; Exp, Tanh correctly
+  rounded (MPFR); Sigmoid = 1 / (1 + exp(-x)) in three rounded steps.
+
+``Interpreter(graph, config, engine="fast"|"reference")``; ``config.make_config(...)``.
+"""
+
+from qcompile.backends.mpfr.config import EmuConfig, make_config, qresnet
+from qcompile.backends.mpfr.interpreter import ENGINES, Interpreter
+
+__all__ = ["ENGINES", "EmuConfig", "Interpreter", "make_config", "qresnet"]

@@ -1,0 +1,150 @@
+"""Shared by both engines: attribute normalisation, output shapes, window enumeration, and the
+exact data-movement ops (they never round, so one numpy implementation serves float64 and
+object arrays alike)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qcompile.errors import QCompileError
+
+
+class KernelError(QCompileError):
+    """A node the MPFR backend cannot evaluate with these attributes/shapes."""
+
+
+def conv_geometry(x_shape, kernel, *, strides=None, pads=None, dilations=None,
+                  auto_pad="NOTSET", ceil_mode=0):
+    """(strides, dilations, (top, left, bottom, right), (OH, OW)) for a 2-D window op."""
+    if len(x_shape) != 4 or len(kernel) != 2:
+        raise KernelError(f"only 2-D (NCHW) windows are supported, got input {x_shape}")
+    H, W = x_shape[2], x_shape[3]
+    kh, kw = kernel
+    sh, sw = tuple(strides) if strides else (1, 1)
+    dh, dw = tuple(dilations) if dilations else (1, 1)
+    ap = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if ap in ("SAME_UPPER", "SAME_LOWER"):
+        pads_ = []
+        for n, k, s, d in ((H, kh, sh, dh), (W, kw, sw, dw)):
+            out = -(-n // s)
+            tot = max(0, (out - 1) * s + (k - 1) * d + 1 - n)
+            lo = tot // 2 if ap == "SAME_UPPER" else tot - tot // 2
+            pads_.append((lo, tot - lo))
+        pt, pb = pads_[0]
+        pl, pr = pads_[1]
+    elif ap == "VALID":
+        pt = pl = pb = pr = 0
+    else:
+        pt, pl, pb, pr = tuple(pads) if pads else (0, 0, 0, 0)
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if ceil_mode:
+        OH = -(-(H + pt + pb - eh) // sh) + 1
+        OW = -(-(W + pl + pr - ew) // sw) + 1
+        if (OH - 1) * sh >= H + pt:
+            OH -= 1
+        if (OW - 1) * sw >= W + pl:
+            OW -= 1
+    else:
+        OH = (H + pt + pb - eh) // sh + 1
+        OW = (W + pl + pr - ew) // sw + 1
+    return (sh, sw), (dh, dw), (pt, pl, pb, pr), (OH, OW)
+
+
+def window_taps(H, W, OH, OW, kernel, strides, dilations, pads):
+    """Yield (iy [OH,1], ix [1,OW], valid [OH,OW]) for each window tap in (ky, kx) order."""
+    sh, sw = strides
+    dh, dw = dilations
+    pt, pl = pads[0], pads[1]
+    oy = np.arange(OH)[:, None]
+    ox = np.arange(OW)[None, :]
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            iy = oy * sh - pt + ky * dh
+            ix = ox * sw - pl + kx * dw
+            ok = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            yield np.clip(iy, 0, H - 1), np.clip(ix, 0, W - 1), ok
+
+
+def gemm_operands(a, b, transA=0, transB=0):
+    a = a.T if transA else a
+    b = b.T if transB else b
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise KernelError(f"Gemm: bad operand shapes {a.shape} x {b.shape}")
+    return a, b
+
+
+# ----------------------------------------------------------------------------- data movement
+def _ints(v):
+    return [int(t) for t in np.asarray(v).reshape(-1)]
+
+
+def flatten(x, *, axis=1):
+    axis = axis % x.ndim if x.ndim else 0
+    lead = int(np.prod(x.shape[:axis], dtype=np.int64))
+    return (x.reshape(lead, -1),)
+
+
+def reshape(x, shape, *, allowzero=0):
+    s = _ints(shape)
+    if not allowzero:
+        s = [x.shape[i] if d == 0 else d for i, d in enumerate(s)]
+    return (x.reshape(s),)
+
+
+def identity(x, *rest, **_):
+    return (x,)
+
+
+def concat(*xs, axis):
+    return (np.concatenate(xs, axis=axis),)
+
+
+def transpose(x, *, perm=None):
+    return (np.transpose(x, perm),)
+
+
+def squeeze(x, axes=None):
+    return (np.squeeze(x, axis=None if axes is None else tuple(_ints(axes))),)
+
+
+def unsqueeze(x, axes):
+    out = x
+    for a in sorted(a % (x.ndim + len(_ints(axes))) for a in _ints(axes)):
+        out = np.expand_dims(out, a)
+    return (out,)
+
+
+def slice_(x, starts, ends, axes=None, steps=None):
+    starts, ends = _ints(starts), _ints(ends)
+    axes = list(range(len(starts))) if axes is None else _ints(axes)
+    steps = [1] * len(starts) if steps is None else _ints(steps)
+    idx = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+        n = x.shape[a]
+        s = max(-n - 1, min(n, s))
+        e = max(-n - 1, min(n, e))
+        idx[a % x.ndim] = slice(s, e, st) if st > 0 else slice(
+            s, None if e < -n else e, st)
+    return (x[tuple(idx)],)
+
+
+def pad(x, pads, fill, *, mode="constant", axes=None):
+    """``fill``: the (already converted) constant for mode=constant."""
+    p = _ints(pads)
+    r = x.ndim
+    ax = list(range(r)) if axes is None else [a % r for a in _ints(axes)]
+    k = len(ax)
+    width = [(0, 0)] * r
+    for i, a in enumerate(ax):
+        width[a] = (p[i], p[i + k])
+    if any(lo < 0 or hi < 0 for lo, hi in width):
+        raise KernelError("Pad: negative pads are not supported")
+    m = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if m == "constant":
+        out = np.empty(tuple(s + lo + hi for s, (lo, hi) in zip(x.shape, width)), x.dtype)
+        out[...] = fill
+        out[tuple(slice(lo, lo + s) for s, (lo, _) in zip(x.shape, width))] = x
+        return (out,)
+    if m in ("reflect", "edge"):
+        return (np.pad(x, width, mode=m),)
+    raise KernelError(f"Pad: mode {m!r} is not supported")

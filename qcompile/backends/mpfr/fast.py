@@ -1,0 +1,249 @@
+"""The fast engine's arithmetic: float64 arrays holding exact values of the format.
+
+Why it is exact
+---------------
+Every tensor holds values of the format, stored exactly in binary64 (p <= 53 and the format's
+range inside binary64's; otherwise :class:`~qcompile.numerics.fastfp.NotExact` is raised,
+never an approximation).  Each scalar operation must return the correctly rounded exact result:
+
+* element-wise operations (+ - * / sqrt, conversion) are :mod:`qcompile.numerics.fastfp`,
+  which computes a binary64 *proxy* of the exact result (exact products, TwoSum / Dekker error
+  terms, round-to-odd; Boldo & Melquiond 2008) and rounds it with integer rounding at the
+  format's quantum; elements it cannot do exactly go to the gmpy2 reference;
+* Conv and Gemm/MatMul run the numba kernels of ``_nb`` when p <= 26: the product of two
+  p-bit values has <= 52 bits, so ``x*w`` is exact in binary64 (guaranteed by the format's
+  range, or by a range check of the operands for unbounded/wide formats); the sequential step
+  ``round(acc + round(x*w))`` then rounds an exact product, and the sum ``acc + r`` of two
+  format values is either exact in binary64 (narrow ranges), or innocuous under double
+  rounding (round-to-nearest with 53 >= 2p + 1, Figueroa 1995), or rounded to odd from its
+  TwoSum error (any mode: round_p(RO_53(z)) == round_p(z) for p + 2 <= 53).  The ``fma`` step
+  rounds the round-to-odd proxy of the exact ``acc + x*w``.  Padded positions are skipped,
+  never added as zeros (a +-0 term can change the sign of a zero sum in directed modes);
+* anything else (p > 26, numba missing, a plane the kernel flags, the ``exact`` rule) uses
+  the numpy K-loop over ``fastfp.mac_step`` or ``fastfp.dot``; transcendental functions call
+  the gmpy2 reference per element.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from qcompile.numerics import fastfp
+from qcompile.numerics._fastfp_core import get_plan
+from qcompile.numerics.formats import Rounding
+
+try:  # numba is what makes the engine fast; without it everything stays exact, only slower
+    from qcompile.backends.mpfr import _nb
+except ImportError:  # pragma: no cover - exercised only where numba is not installed
+    _nb = None
+
+_F64 = np.float64
+_SAFE_LO = math.ldexp(1.0, -480)
+_SAFE_HI = math.ldexp(1.0, 480)
+# magnitude rounding per mode: (positive, negative); 0 nearest-even, 1 toward 0, 2 away
+_MAG = {Rounding.NEAREST: (0, 0), Rounding.ZERO: (1, 1), Rounding.AWAY: (2, 2),
+        Rounding.UP: (2, 1), Rounding.DOWN: (1, 2)}
+
+
+def numba_available() -> bool:
+    return _nb is not None
+
+
+class FastArith:
+    """Arithmetic of one (format, mode, accumulation rule) on float64 arrays."""
+
+    def __init__(self, fmt, mode, accumulate="sequential", *, use_numba=True):
+        self.fmt, self.mode, self.accumulate = fmt, mode, accumulate
+        self.plan = get_plan(fmt, mode)
+        self.nb = self._nb_params() if (use_numba and _nb is not None) else None
+        self.kernel_stats = {"numba": 0, "numpy": 0, "flagged_planes": 0}
+
+    # ------------------------------------------------------------------ element-wise
+    def round(self, x):
+        return fastfp.round_to(np.asarray(x, _F64), self.fmt, self.mode)
+
+    def add(self, a, b):
+        return fastfp.add(a, b, self.fmt, self.mode, assume_in_format=True)
+
+    def sub(self, a, b):
+        return fastfp.sub(a, b, self.fmt, self.mode, assume_in_format=True)
+
+    def mul(self, a, b):
+        return fastfp.mul(a, b, self.fmt, self.mode, assume_in_format=True)
+
+    def div(self, a, b):
+        return fastfp.div(a, b, self.fmt, self.mode, assume_in_format=True)
+
+    def sqrt(self, a):
+        return fastfp.sqrt(a, self.fmt, self.mode, assume_in_format=True)
+
+    # ------------------------------------------------------------------ numba parameters
+    def _nb_params(self):
+        plan, fmt = self.plan, self.fmt
+        if fmt.p > 26 or self.accumulate == "exact":
+            return None
+        maxf = plan.maxf if plan.maxf is not None else math.inf
+        if maxf != math.inf and not plan.maxf_exact:
+            return None
+        ovf = []
+        for s, sign in ((0, 1.0), (1, -1.0)):
+            mx = sign * maxf
+            to_inf = plan.ovf_inf[s]
+            if fmt.saturate or not to_inf:
+                ovf.append(mx)
+            else:
+                ovf.append(sign * math.inf if fmt.has_inf else math.nan)
+        exi = [(s * math.inf if fmt.has_inf else (s * maxf if fmt.saturate else math.nan))
+               for s in (1.0, -1.0)]
+        fma = self.accumulate == "fma"
+        use_odd = not plan.fma_exact if fma else not (plan.add_rn or plan.add_exact)
+        mpos, mneg = _MAG[self.mode]
+        ints = np.array([int(plan.pm), int(plan.qmin_bits), mpos, mneg, int(use_odd),
+                         int(self.mode is Rounding.DOWN), int(fma)], np.int64)
+        low = plan.low
+        if (self.mode is Rounding.NEAREST and low == 0.0 and maxf != math.inf and not use_odd
+                and plan.prod_exact):
+            low = -1.0  # selects the check-free round-to-nearest loop of _nb._row
+        flts = np.array([maxf, ovf[0], ovf[1], exi[0], exi[1], low], _F64)
+        return ints, flts, not plan.prod_exact
+
+    def _nb_ok(self, *arrays):
+        """numba kernel applicable to these operands (range check for non-exact products)."""
+        if self.nb is None:
+            return False
+        if not self.nb[2]:
+            return True
+        for a in arrays:
+            if a is None or a.size == 0:
+                continue
+            m = np.abs(a)
+            nz = m[(m != 0) & np.isfinite(m)]  # inf/NaN operands are exact IEEE cases
+            if nz.size and (nz.min() < _SAFE_LO or nz.max() > _SAFE_HI):
+                return False
+        return True
+
+    def warmup(self) -> None:
+        """Load (or compile, first time only: cached on disk) the numba kernels now."""
+        if self.nb is None:
+            return
+        x = np.zeros((1, 8, 2, 2))
+        self.conv2d(x, np.zeros((8, 8, 1, 1)), np.zeros(8), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+        self.conv2d(x, np.zeros((8, 1, 1, 1)), np.zeros(8), (1, 1), (0, 0, 0, 0), (1, 1), 8)
+        self.gemm(np.zeros((1, 2)), np.zeros((2, 2)), np.zeros(2))
+        self.kernel_stats.update(numba=0, numpy=0, flagged_planes=0)
+
+    # ------------------------------------------------------------------ conv
+    def conv2d(self, x, w, b, strides, pads, dilations, group):
+        """x [N,C,H,W], w [OC,C/g,KH,KW], b [OC] or None; pads (top, left, bottom, right)."""
+        N, C, H, W = x.shape
+        OC, Cg, KH, KW = w.shape
+        sh, sw = strides
+        dh, dw = dilations
+        pt, pl, pb, pr = pads
+        OH = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
+        OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
+        out = np.empty((N, OC, OH, OW), _F64)
+        bias = np.zeros(0, _F64) if b is None else np.ascontiguousarray(b, _F64)
+        if self._nb_ok(x, w, b):
+            ints, flts, _ = self.nb
+            xc = np.ascontiguousarray(x, _F64)
+            if OC // group >= 8:  # vectorise over output channels
+                wt = np.ascontiguousarray(w.reshape(OC, Cg * KH * KW).T, _F64)
+                bad = np.zeros((N, OH * OW), np.bool_)
+                _nb.conv2d_t(xc, wt, out, bias, sh, sw, pt, pl, dh, dw, KH, KW, group, ints,
+                             flts, bad)
+            else:  # vectorise over output rows
+                bad = np.zeros((N, OC), np.bool_)
+                _nb.conv2d(xc, np.ascontiguousarray(w, _F64), out, bias, False, sh, sw, pt, pl,
+                           dh, dw, group, ints, flts, bad)
+            self.kernel_stats["numba"] += 1
+            if not bad.any():
+                return out
+            self.kernel_stats["flagged_planes"] += int(bad.sum())
+            imgs = np.flatnonzero(bad.any(axis=1))
+            todo = [(int(n), oc) for n in imgs for oc in range(OC)]
+        else:
+            self.kernel_stats["numpy"] += 1
+            todo = None
+        cols, valid = _im2col(x, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)  # [N, C, KH*KW, OH*OW]
+        ocg = OC // group
+        groups = range(group) if todo is None else sorted({int(oc) // ocg for _, oc in todo})
+        for g in groups:
+            xs = cols[:, g * Cg:(g + 1) * Cg].reshape(N, Cg * KH * KW, OH * OW)
+            vs = np.broadcast_to(valid[None], (Cg,) + valid.shape).reshape(Cg * KH * KW, OH * OW)
+            for oc in range(g * ocg, (g + 1) * ocg):
+                ns = range(N) if todo is None else [n for n, o in todo if o == oc]
+                for n in ns:
+                    r = self._dot_masked(xs[n], vs, w[oc].reshape(-1),
+                                         None if b is None else b[oc])
+                    out[n, oc] = r.reshape(OH, OW)
+        return out
+
+    def _dot_masked(self, xs, valid, wv, bv):
+        """One output plane by the numpy path: xs [K, P], valid [K, P], wv [K]."""
+        K, P = xs.shape
+        if self.accumulate == "exact":
+            acc = fastfp.dot(xs.T * valid.T, wv, self.fmt, self.mode, "exact",
+                             check_inputs=False)
+            if self.mode is Rounding.DOWN:  # zero sums: sign over the non-padded terms only
+                z = np.flatnonzero(acc == 0)
+                if z.size:
+                    neg = (np.signbit(xs[:, z] * wv[:, None]) & valid[:, z]).any(axis=0)
+                    acc[z] = np.where(neg, -0.0, 0.0)
+        else:
+            acc = np.zeros(P, _F64)
+            for k in range(K):
+                new = fastfp.mac_step(acc, xs[k], wv[k], self.fmt, self.mode, self.accumulate)
+                acc = np.where(valid[k], new, acc)
+        if bv is not None:
+            acc = self.add(acc, np.full(P, bv))
+        return acc
+
+    # ------------------------------------------------------------------ gemm
+    def gemm(self, a, b, bias=None, bias_first=False):
+        """a [M,K] @ b [K,N] in k order; bias broadcast to [M,N], added first or last."""
+        M, K = a.shape
+        N = b.shape[1]
+        B = None if bias is None else np.ascontiguousarray(
+            np.broadcast_to(np.asarray(bias, _F64), (M, N)))
+        if self._nb_ok(a, b, B):
+            ints, flts, _ = self.nb
+            out = np.empty((M, N), _F64)
+            bad = np.zeros(M, np.bool_)
+            _nb.gemm(np.ascontiguousarray(a, _F64), np.ascontiguousarray(b, _F64), out,
+                     np.zeros((0, 0), _F64) if B is None else B, bool(bias_first and B is not None),
+                     ints, flts, bad)
+            self.kernel_stats["numba"] += 1
+            if not bad.any():
+                return out
+            rows = np.flatnonzero(bad)
+            self.kernel_stats["flagged_planes"] += rows.size
+            out[rows] = fastfp.dot(a[rows], b, self.fmt, self.mode, self.accumulate,
+                                   bias=None if B is None else B[rows], bias_first=bias_first,
+                                   check_inputs=False)
+            return out
+        self.kernel_stats["numpy"] += 1
+        return fastfp.dot(a, b, self.fmt, self.mode, self.accumulate, bias=B,
+                          bias_first=bias_first, check_inputs=False)
+
+
+def _im2col(x, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW):
+    """cols [N, C, KH*KW, OH*OW] (0 at padded positions) and valid [KH*KW, OH*OW]."""
+    N, C, H, W = x.shape
+    cols = np.zeros((N, C, KH * KW, OH * OW), _F64)
+    valid = np.zeros((KH * KW, OH * OW), bool)
+    oy = np.arange(OH)[:, None]
+    ox = np.arange(OW)[None, :]
+    for ky in range(KH):
+        for kx in range(KW):
+            iy = oy * sh - pt + ky * dh
+            ix = ox * sw - pl + kx * dw
+            ok = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            k = ky * KW + kx
+            valid[k] = ok.reshape(-1)
+            iyc = np.clip(iy, 0, H - 1)
+            ixc = np.clip(ix, 0, W - 1)
+            cols[:, :, k] = np.where(ok, x[:, :, iyc, ixc], 0.0).reshape(N, C, -1)
+    return cols, valid

@@ -1,0 +1,250 @@
+"""Reference-engine kernels: object arrays of gmpy2.mpfr, one MPFR call per scalar operation.
+
+Signatures mirror ONNX (engine, inputs positional, attributes keyword-only) plus
+``sample``: a list of output index tuples.  With ``sample`` a kernel returns only those
+elements of its first output (a list), which is how ``--verify`` re-checks the fast engine
+element by element from the same inputs.  Loops are written out plainly on purpose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gmpy2 import is_nan, mpfr
+
+from qcompile.backends.base import OpTable
+from qcompile.backends.mpfr import common as cm
+from qcompile.backends.mpfr.ops_fast import register_data_ops
+
+REF: OpTable = OpTable("mpfr-reference")
+_POS0 = mpfr(0, 2)
+_NEG_INF = mpfr("-inf")
+
+
+def _full(shape, elem, sample):
+    """Evaluate ``elem(index)`` over the whole output, or at ``sample`` indices."""
+    if sample is not None:
+        return [elem(tuple(i)) for i in sample]
+    out = np.empty(shape, object)
+    for i in np.ndindex(*shape):
+        out[i] = elem(i)
+    return (out,)
+
+
+def _ew(fn, sample, *arrays):
+    shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    bs = [np.broadcast_to(a, shape) for a in arrays]
+    return _full(shape, lambda i: fn(*(b[i] for b in bs)), sample)
+
+
+def _scalar(E, v, default):
+    if v is None:
+        return mpfr(default)
+    return E.C.round(np.asarray(v).reshape(-1)[0])
+
+
+@REF.register("Conv")
+def conv(E, x, w, b=None, *, strides=None, pads=None, dilations=None, group=1,
+         kernel_shape=None, auto_pad="NOTSET", sample=None):
+    N, C, H, W = x.shape
+    OC, Cg, KH, KW = w.shape
+    (sh, sw), (dh, dw), (pt, pl, _, _), (OH, OW) = cm.conv_geometry(
+        x.shape, (KH, KW), strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad)
+    ocg = OC // int(group)
+    xl, wl = x.tolist(), w.tolist()
+    dot = E.A.dot
+
+    def elem(i):
+        n, oc, oy, ox = i
+        g = oc // ocg
+        xs, ws = [], []
+        for c in range(Cg):  # (input channel, kernel row, kernel column); padding skipped
+            xc, wc = xl[n][g * Cg + c], wl[oc][c]
+            for ky in range(KH):
+                iy = oy * sh - pt + ky * dh
+                if not 0 <= iy < H:
+                    continue
+                for kx in range(KW):
+                    ix = ox * sw - pl + kx * dw
+                    if 0 <= ix < W:
+                        xs.append(xc[iy][ix])
+                        ws.append(wc[ky][kx])
+        return dot(xs, ws, None if b is None else b[oc])
+
+    return _full((N, OC, OH, OW), elem, sample)
+
+
+def _mm(E, a, b, bias, sample, bias_first):
+    M, K = a.shape
+    N = b.shape[1]
+    al, bt = a.tolist(), b.T.tolist()
+    bb = None if bias is None else np.broadcast_to(bias, (M, N))
+    return _full((M, N), lambda i: E.A.dot(al[i[0]], bt[i[1]], None if bb is None else bb[i],
+                                           bias_first), sample)
+
+
+@REF.register("Gemm")
+def gemm(E, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, sample=None):
+    a, b = cm.gemm_operands(a, b, transA, transB)
+    return _mm(E, a, b, c, sample, E.cfg.gemm_bias_first and c is not None)
+
+
+@REF.register("MatMul")
+def matmul(E, a, b, *, sample=None):
+    if b.ndim == 2 and a.ndim >= 2:
+        lead = a.shape[:-1]
+        r = _mm(E, a.reshape(-1, a.shape[-1]), b, None,
+                None if sample is None else [(int(np.ravel_multi_index(i[:-1], lead)), i[-1])
+                                             for i in sample], False)
+        return r if sample is not None else (r[0].reshape(lead + (b.shape[1],)),)
+    if a.ndim == b.ndim and a.ndim > 2 and a.shape[:-2] == b.shape[:-2]:
+        shape = a.shape[:-1] + (b.shape[-1],)
+        return _full(shape, lambda i: E.A.dot(list(a[i[:-1]]), list(b[i[:-2] + (slice(None),
+                                                                                i[-1])])), sample)
+    raise cm.KernelError(f"MatMul: operand shapes {a.shape} x {b.shape} are not supported")
+
+
+@REF.register("BatchNormalization")
+def batchnorm(E, x, scale, bias, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0,
+              sample=None):
+    A = E.A
+    eps = E.C.round(float(np.float64(epsilon)))
+    s = [A.sqrt(A.add(v, eps)) for v in var]
+
+    def elem(i):
+        c = i[1]
+        return A.add(A.mul(A.div(A.sub(x[i], mean[c]), s[c]), scale[c]), bias[c])
+
+    return _full(x.shape, elem, sample)
+
+
+def _bin(name):
+    def k(E, a, b, *, sample=None):
+        return _ew(getattr(E.A, name), sample, a, b)
+
+    k.__name__ = name
+    return k
+
+
+for _op, _fn in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div")):
+    REF.register(_op)(_bin(_fn))
+
+
+@REF.register("Sqrt")
+def sqrt(E, x, *, sample=None):
+    return _ew(E.A.sqrt, sample, x)
+
+
+@REF.register("Relu")
+def relu(E, x, *, sample=None):
+    return _ew(lambda v: v if (v > 0 or is_nan(v)) else _POS0, sample, x)
+
+
+@REF.register("Neg")
+def neg(E, x, *, sample=None):
+    return _ew(lambda v: -v, sample, x)
+
+
+@REF.register("Abs")
+def abs_(E, x, *, sample=None):
+    return _ew(abs, sample, x)
+
+
+@REF.register("LeakyRelu")
+def leaky_relu(E, x, *, alpha=0.01, sample=None):
+    al = E.C.round(float(np.float64(alpha)))
+    return _ew(lambda v: E.A.mul(v, al) if v < 0 else v, sample, x)
+
+
+@REF.register("Clip")
+def clip(E, x, lo=None, hi=None, *, min=None, max=None, sample=None):  # noqa: A002
+    lo = _scalar(E, lo if lo is not None else min, "-inf")
+    hi = _scalar(E, hi if hi is not None else max, "inf")
+
+    def f(v):
+        v = lo if v < lo else v
+        return hi if v > hi else v
+
+    return _ew(f, sample, x)
+
+
+for _op, _fn in (("Exp", "exp"), ("Tanh", "tanh"), ("Sigmoid", "sigmoid")):
+    REF.register(_op)(lambda E, x, *, sample=None, _f=_fn: _ew(getattr(E.A, _f), sample, x))
+
+
+# ----------------------------------------------------------------------------- pooling
+def _window(x, kernel_shape, kw, i):
+    """Values of the window of output index i, in (ky, kx) order, padding skipped."""
+    N, C, H, W = x.shape
+    (sh, sw), (dh, dw), (pt, pl, _, _), _ = cm.conv_geometry(x.shape, kernel_shape, **kw)
+    n, c, oy, ox = i
+    vals = []
+    for ky in range(kernel_shape[0]):
+        iy = oy * sh - pt + ky * dh
+        for kx in range(kernel_shape[1]):
+            ix = ox * sw - pl + kx * dw
+            if 0 <= iy < H and 0 <= ix < W:
+                vals.append(x[n, c, iy, ix])
+    return vals
+
+
+def _pool_shape(x, kernel_shape, kw):
+    return x.shape[:2] + cm.conv_geometry(x.shape, kernel_shape, **kw)[3]
+
+
+@REF.register("MaxPool")
+def maxpool(E, x, *, kernel_shape, strides=None, pads=None, dilations=None, ceil_mode=0,
+            auto_pad="NOTSET", storage_order=0, sample=None):
+    kw = dict(strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
+              ceil_mode=ceil_mode)
+
+    def elem(i):
+        vals = _window(x, kernel_shape, kw, i)
+        if not vals:
+            return _NEG_INF
+        m = vals[0]
+        for v in vals[1:]:
+            if v > m or is_nan(v):
+                m = v
+        return m
+
+    return _full(_pool_shape(x, kernel_shape, kw), elem, sample)
+
+
+@REF.register("AveragePool")
+def avgpool(E, x, *, kernel_shape, strides=None, pads=None, ceil_mode=0, auto_pad="NOTSET",
+            count_include_pad=0, dilations=None, sample=None):
+    kw = dict(strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
+              ceil_mode=ceil_mode)
+
+    def elem(i):
+        vals = _window(x, kernel_shape, kw, i)
+        acc = _POS0
+        for v in vals:
+            acc = E.A.add(acc, v)
+        n = kernel_shape[0] * kernel_shape[1] if count_include_pad else len(vals)
+        return E.A.div(acc, E.C.round(float(n)))
+
+    return _full(_pool_shape(x, kernel_shape, kw), elem, sample)
+
+
+@REF.register("GlobalAveragePool")
+def global_avgpool(E, x, *, sample=None):
+    N, C = x.shape[:2]
+    flat = x.reshape(N, C, -1)
+    d = E.C.round(float(flat.shape[2]))
+
+    def elem(i):
+        acc = _POS0
+        for v in flat[i[0], i[1]]:  # row-major order
+            acc = E.A.add(acc, v)
+        return E.A.div(acc, d)
+
+    return _full((N, C) + (1,) * (x.ndim - 2), elem, sample)
+
+
+@REF.register("Pad")
+def pad(E, x, pads, value=None, axes=None, *, mode="constant", sample=None):
+    return cm.pad(x, pads, _scalar(E, value, 0), mode=mode, axes=axes)
+
+
+register_data_ops(REF)

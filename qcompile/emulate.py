@@ -1,0 +1,169 @@
+"""Library logic of ``qcompile emulate``: run a model in an emulated float format.
+
+``emulate(model, config, ...)`` lifts the model, optionally runs passes, evaluates it with the
+MPFR backend (``fast`` or ``reference`` engine), runs FP32 (ONNX Runtime) beside it, and
+returns a JSON-ready report.  ``seconds`` is the emulated network's evaluation wall time only
+(model load, constant conversion and kernel loading are reported separately).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompile.backends.mpfr.config import EmuConfig
+from qcompile.backends.mpfr.interpreter import Interpreter
+from qcompile.backends.mpfr.listeners import DumpListener, LayerStats, Verifier
+from qcompile.errors import QCompileError
+
+
+def jnum(v: float) -> float | str:
+    """A logit for JSON: the float itself (repr round-trips binary64 exactly), or a string
+    for non-finite values ("inf", "-inf", "nan"), which strict JSON cannot hold."""
+    v = float(v)
+    if math.isfinite(v):
+        return v
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def _order(logits: np.ndarray) -> np.ndarray:
+    """Classes by descending logit; NaN last; ties by class index."""
+    key = np.where(np.isnan(logits), -np.inf, logits)
+    return np.lexsort((np.arange(logits.size), -key))
+
+
+def find_labels(n_classes: int, labels: str | None, model: str, data: str | None):
+    from qcompile.data import cifar10_classes, load_labels
+
+    if labels:
+        names = load_labels(labels)
+        if len(names) != n_classes:
+            raise QCompileError(f"--labels: {labels} names {len(names)} classes, the model has "
+                                f"{n_classes} outputs")
+        return names
+    if n_classes == 10:
+        return cifar10_classes()
+    if n_classes == 1000:
+        dirs = [Path(model).parent]
+        if data:
+            p = Path(data)
+            dirs.append(p if p.is_dir() else p.parent)
+        for d in dirs:
+            f = d / "imagenet_classes.tsv"
+            if f.is_file():
+                return load_labels(f)
+    return None
+
+
+def _fp32_session(graph):
+    from qcompile.backends.ort import lower, session
+
+    return session(lower(graph))
+
+
+def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str | None = None,
+            limit: int | None = None, preprocess: str = "none", size: int | None = None,
+            passes: str | None = None, engine: str = "fast", verify: int = 0,
+            dump: str | None = None, labels: str | None = None, batch: int = 32,
+            fp32: bool = True, seed: int = 0, use_numba: bool = True,
+            log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    from qcompile.data import open_dataset, preprocess_from_options
+    from qcompile.frontend import lift
+
+    if (image is None) == (data is None):
+        raise QCompileError("give exactly one of --image FILE or --data PATH")
+    if verify < 0:
+        raise QCompileError("--verify K: K must be >= 0")
+    t0 = time.perf_counter()
+    graph = lift(model)
+    if passes:
+        from qcompile.passes import PassContext, parse_pipeline, run_pipeline
+
+        graph = run_pipeline(graph, parse_pipeline(passes), PassContext()).graph
+    load_s = time.perf_counter() - t0
+    pre = preprocess_from_options(preprocess, size=size)
+    ds = open_dataset(image if image is not None else data, pre, warn=log)
+    stats = LayerStats(cfg)
+    listeners: list = [stats]
+    verifier = Verifier(cfg, verify, seed=seed) if verify else None
+    if verifier:
+        listeners.append(verifier)
+    dumper = DumpListener(dump, cfg) if dump else None
+    if dumper:
+        listeners.append(dumper)
+    interp = Interpreter(graph, cfg, engine, listeners=listeners,
+                         **({"use_numba": use_numba} if engine == "fast" else {}))
+    t1 = time.perf_counter()
+    interp.prepare()
+    if engine == "fast":
+        interp.engine.A.warmup()
+    compile_s = time.perf_counter() - t1
+    in_name = graph.inputs[0].name
+    out_name = graph.outputs[0].name
+    sess = _fp32_session(graph) if fp32 else None
+    names = None
+    results, seconds, fp32_s = [], 0.0, 0.0
+    n_ok = n_ok32 = n_agree = n_lab = 0
+    lim = 1 if image is not None else limit
+    if dumper:
+        batch = 1  # one golden-vector folder per image
+    b0 = graph.inputs[0].type.shape[0] if graph.inputs[0].type.shape else None
+    if isinstance(b0, int) and b0 > 0:  # a static batch dimension fixes the batch size
+        batch = b0
+    for bt in ds.batches(batch, limit=lim):
+        if dumper:
+            dumper.start(int(bt.indices[0]), {in_name: bt.x})
+        t, l0 = time.perf_counter(), interp.listener_seconds
+        out = interp.run_numpy({in_name: bt.x})[out_name]
+        seconds += time.perf_counter() - t - (interp.listener_seconds - l0)
+        out = out.reshape(out.shape[0], -1)
+        ref = None
+        if sess is not None:
+            t = time.perf_counter()
+            ref = sess.run([out_name], {in_name: bt.x.astype(np.float32)})[0]
+            ref = ref.reshape(ref.shape[0], -1).astype(np.float64)
+            fp32_s += time.perf_counter() - t
+        if names is None:
+            names = find_labels(out.shape[1], labels, model, data or image)
+        for j in range(out.shape[0]):
+            lg = out[j]
+            top = _order(lg)[:5]
+            r = {"index": int(bt.indices[j]),
+                 "label": None if bt.labels is None else int(bt.labels[j]),
+                 "logits": [jnum(v) for v in lg],
+                 "top5": [[int(c), names[c] if names else str(c), jnum(lg[c])] for c in top]}
+            if ref is not None:
+                t32 = _order(ref[j])[:5]
+                r["fp32_top5"] = [[int(c), names[c] if names else str(c), jnum(ref[j][c])]
+                                  for c in t32]
+                n_agree += int(top[0] == t32[0] and not np.isnan(lg[top[0]]))
+            if bt.labels is not None:
+                n_lab += 1
+                n_ok += int(top[0] == bt.labels[j] and not np.isnan(lg[top[0]]))
+                if ref is not None:
+                    n_ok32 += int(t32[0] == bt.labels[j])
+            results.append(r)
+    n = len(results)
+    rep: dict[str, Any] = {
+        "model": str(model), "format": cfg.name, "config": cfg.to_json(),
+        "describe": cfg.describe(), "engine": engine, "images": n,
+        "seconds": seconds, "load_seconds": load_s, "compile_seconds": compile_s,
+        "fp32_seconds": fp32_s, "listener_seconds": interp.listener_seconds, "results": results, "layers": stats.report(),
+    }
+    if engine == "fast":
+        rep["kernels"] = dict(interp.engine.A.kernel_stats)
+    if data is not None:
+        rep["accuracy"] = {"top1": n_ok / n_lab if n_lab else None,
+                           "fp32_top1": n_ok32 / n_lab if (n_lab and sess) else None,
+                           "top1_agreement": n_agree / n if (n and sess) else None,
+                           "labelled": n_lab}
+    if verifier:
+        rep["verify"] = verifier.report()
+    if dumper:
+        rep["dump"] = dumper.finish()
+    return rep
