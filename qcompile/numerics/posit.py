@@ -1,0 +1,181 @@
+"""Posit(n, es) arithmetic, vectorised (numpy int64/float64), bit-identical to ``posit_ref``.
+
+Encoding (Gustafson & Yonemoto 2017; the 2022 standard fixes es=2, here es is free). An n-bit
+pattern ``P``: ``0`` is zero, ``1 << (n-1)`` is NaR. A negative posit is the two's complement of
+its magnitude's pattern. For ``0 < P < 2**(n-1)`` the ``n-1`` bits after the sign are
+
+    regime  r r ... r r'   (m equal bits, ended by the opposite bit or by the end of the word)
+    exponent e             (es bits; bits cut off by the end of the word are 0)
+    fraction f             (the remaining F bits)
+
+    k = m - 1 if r == 1 else -m,     value = 2**(k 2**es + e) * (1 + f / 2**F)
+
+so ``useed = 2**(2**es)``, ``maxpos = useed**(n-2)``, ``minpos = useed**-(n-2)``.
+
+Rounding (the standard's): the exact value ``x`` is written as the infinite bit string above
+and rounded at ``n-1`` bits to nearest, ties to the even *pattern* (when exponent bits are cut
+the "midpoint" is therefore geometric, e.g. between 2**a and 2**(a+2) it is 2**(a+1)); a nonzero
+``x`` never rounds to 0 (``|x| < minpos`` gives +-minpos) and never to NaR (``|x| > maxpos``
+gives +-maxpos). NaN and +-inf give NaR (``nan`` as a float).
+
+Here the string is built from the binary64 operand: ``|x| = M 2**(s-52)``, ``M`` in
+``[2**52, 2**53)``, ``s = k 2**es + e`` (``k = s >> es``); the pattern is the integer
+``(R << es | e) << F | (M - 2**52) >> (52 - F)`` rounded with the dropped bits (a shift right
+when ``F < 0``), all in int64, which is exact for n <= 32. Decoding a pattern of n <= 32 bits
+gives a float64 exactly (at most 29 fraction bits, scale within +-2**(30 2**es)) for es <= 3.
+
+``quire_dot`` is the exact dot product (the quire): products and sums in Python integers at
+the scale of ``minpos**2``, then one posit rounding.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["PositFormat", "parse_posit", "round_pattern", "decode", "round_to", "quire_dot",
+           "is_posit_spec"]
+
+_SPEC = re.compile(r"^posit(\d+)_(\d+)$|^posit\((\d+),\s*(\d+)\)$")
+
+
+@dataclass(frozen=True)
+class PositFormat:
+    """``posit(n, es)``: n in 2..32, es in 0..3."""
+
+    n: int
+    es: int
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.n <= 32 or not 0 <= self.es <= 3:
+            raise ValueError(f"posit({self.n},{self.es}): need 2 <= n <= 32 and 0 <= es <= 3")
+
+    @property
+    def name(self) -> str:
+        return f"posit{self.n}_{self.es}"
+
+    @property
+    def bits(self) -> int:
+        return self.n
+
+    @property
+    def max_scale(self) -> int:
+        return (self.n - 2) << self.es
+
+    @property
+    def maxpos(self) -> float:
+        return float(2.0 ** self.max_scale)
+
+    @property
+    def minpos(self) -> float:
+        return float(2.0 ** -self.max_scale)
+
+    @property
+    def nar(self) -> int:
+        return 1 << (self.n - 1)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def is_posit_spec(spec: str) -> bool:
+    return bool(_SPEC.match(spec.strip().lower()))
+
+
+def parse_posit(spec: str) -> PositFormat:
+    """``posit8_1`` or ``posit(8,1)`` -> PositFormat(8, 1); ValueError otherwise."""
+    m = _SPEC.match(spec.strip().lower())
+    if not m:
+        raise ValueError(f"not a posit format: {spec!r}; write posit8_1 or posit(8,1)")
+    n, es = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    return PositFormat(int(n), int(es))
+
+
+def round_pattern(x, fmt: PositFormat) -> np.ndarray:
+    """The n-bit pattern (int64, two's complement in the low n bits) nearest to each x."""
+    x = np.asarray(x, np.float64)
+    n, es = fmt.n, fmt.es
+    nb = n - 1
+    a = np.abs(x)
+    finite = np.isfinite(x)
+    safe = np.where(finite & (a > 0), a, 1.0)
+    m, ex = np.frexp(safe)                      # safe = m 2**ex, m in [0.5, 1)
+    s = ex.astype(np.int64) - 1                 # floor(log2 |x|)
+    M = np.ldexp(m, 53).astype(np.int64)        # 53-bit significand
+    fr = M - (np.int64(1) << 52)                # fraction bits (52)
+    k = s >> es
+    e = s - (k << es)
+    pos = k >= 0
+    rlen = np.where(pos, k + 2, 1 - k)
+    rlen_c = np.clip(rlen, 2, nb)               # in range after the saturation below
+    R = np.where(pos, ((np.int64(1) << np.clip(k + 1, 0, 62)) - 1) << 1, np.int64(1))
+    head = (R << es) | e                        # regime and exponent bits (rlen + es bits)
+    F = nb - rlen_c - es                        # fraction bits that fit (< 0: exponent cut)
+    # F >= 0: keep F fraction bits, the other 52 - F are dropped (52 - F >= 52 - nb > 0)
+    Fp = np.clip(F, 0, 52)
+    sh = 52 - Fp
+    q_hi = (head << Fp) | (fr >> sh)
+    rem = fr & ((np.int64(1) << sh) - 1)
+    half = np.int64(1) << (sh - 1)
+    up_hi = (rem > half) | ((rem == half) & ((q_hi & 1) == 1))
+    # F < 0: -F exponent bits are dropped as well as all 52 fraction bits
+    Fn = np.clip(-F, 1, 62)
+    q_lo = head >> Fn
+    rh = head & ((np.int64(1) << Fn) - 1)
+    hh = np.int64(1) << (Fn - 1)
+    up_lo = (rh > hh) | ((rh == hh) & ((fr > 0) | ((q_lo & 1) == 1)))
+    q = np.where(F >= 0, q_hi + up_hi, q_lo + up_lo)
+    maxp = (np.int64(1) << nb) - 1
+    q = np.where(s >= fmt.max_scale, maxp, q)    # |x| >= maxpos
+    q = np.where(s < -fmt.max_scale, 1, q)       # |x| < minpos
+    q = np.clip(q, 1, maxp)
+    mask = (np.int64(1) << n) - 1
+    p = np.where(x < 0, (-q) & mask, q)
+    p = np.where(a == 0, 0, p)
+    return np.where(finite, p, np.int64(fmt.nar)).astype(np.int64)
+
+
+def decode(p, fmt: PositFormat) -> np.ndarray:
+    """Float64 value of each n-bit pattern (NaR -> nan); exact for n <= 32."""
+    p = np.asarray(p, np.int64) & ((np.int64(1) << fmt.n) - 1)
+    n, es, nb = fmt.n, fmt.es, fmt.n - 1
+    neg = (p >> nb) & 1 == 1
+    mag = np.where(neg, (-p) & ((np.int64(1) << n) - 1), p)
+    r0 = (mag >> (nb - 1)) & 1
+    body = mag & ((np.int64(1) << nb) - 1)
+    inv = np.where(r0 == 1, (~body) & ((np.int64(1) << nb) - 1), body)
+    bitlen = np.where(inv > 0, np.frexp(inv.astype(np.float64))[1], 0)
+    m = nb - bitlen                              # regime run length
+    k = np.where(r0 == 1, m - 1, -m)
+    rb = np.maximum(nb - m - 1, 0)               # bits after the regime terminator
+    eb = np.minimum(rb, es)
+    fb = rb - eb
+    e = ((mag >> fb) & ((np.int64(1) << eb) - 1)) << (es - eb)
+    f = mag & ((np.int64(1) << fb) - 1)
+    sig = 1.0 + np.ldexp(f.astype(np.float64), -fb)
+    val = np.ldexp(sig, (k << es) + e)
+    val = np.where(neg, -val, val)
+    val = np.where(p == 0, 0.0, val)
+    return np.where(p == fmt.nar, np.nan, val)
+
+
+def round_to(x, fmt: PositFormat) -> np.ndarray:
+    """``decode(round_pattern(x))``: x rounded to the posit format, as float64."""
+    return decode(round_pattern(x, fmt), fmt)
+
+
+def quire_dot(a, b, fmt: PositFormat) -> float:
+    """``round(sum_i a_i b_i)`` with the sum exact (a quire), a/b posit values (float64)."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    total = Fraction(0)
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
+        total += Fraction(x) * Fraction(y)
+    if total == 0:
+        return 0.0
+    from qcompile.numerics.posit_ref import decode_exact, round_exact
+
+    return float(decode_exact(round_exact(total, fmt), fmt))
