@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from qcompile.errors import QCompileError
-from qcompile.passes import REGISTRY, DumpDir, PassContext, PrintAfter, parse_pipeline, run_pipeline
+from qcompile.passes import REGISTRY, DumpDir, PassContext, PrintAfter, run_pipeline
 from qcompile.targets import check_graph, configure_pipeline, get_target
 
 
@@ -24,6 +24,12 @@ def _executor():
     except ImportError:  # pragma: no cover - only while the int8 work is not installed
         return None
     return OrtExecutor()
+
+
+def _split(text: str) -> list[str]:
+    from qcompile.passes.pipeline import split_specs
+
+    return split_specs(text)
 
 
 def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,cleanup",
@@ -38,6 +44,10 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
 
     tgt = get_target(target)
     pipeline = configure_pipeline(tgt, passes, cpu=cpu)
+    written = [n.split("{")[0].strip() for n in _split(passes)]
+    if [p.name for p in pipeline][:len(written)] != written:
+        log("pipeline: runs as " + ",".join(p.spec() for p in pipeline)
+            + " (bias_correct corrects quantize's weight error, so it runs after quantize)")
     for unknown in [n for n in print_after if n != "all" and n not in REGISTRY]:
         raise QCompileError(f"--print-after: unknown pass {unknown!r}; valid: "
                             f"{', '.join(sorted(REGISTRY))} or all")

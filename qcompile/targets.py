@@ -47,7 +47,10 @@ def target_pass_defaults(target: Target, cpu: str | None = None) -> dict[str, di
         return {}
     from qcompile.backends.ort.cpu import detect_cpu, int8_defaults
 
-    return {"quantize": int8_defaults(cpu or detect_cpu())}
+    d = int8_defaults(cpu or detect_cpu())
+    # assign/sensitivity insert the same QDQ ops as quantize (their ``weights`` is a list)
+    mixed = {k: v for k, v in d.items() if k != "weights"}
+    return {"quantize": d, "assign": mixed, "sensitivity": mixed}
 
 
 def configure_pipeline(target: Target, text: str, *, cpu: str | None = None) -> list:
@@ -68,7 +71,7 @@ def configure_pipeline(target: Target, text: str, *, cpu: str | None = None) -> 
                          if "=" in item} if body.strip() else set())
     names = [p.name for p in pipeline]
     for implied in target.implied_passes:
-        if implied not in names:
+        if implied not in names and not (implied == "quantize" and "assign" in names):
             pipeline += parse_pipeline(implied, REGISTRY)
             explicit.append(set())
     defaults = target_pass_defaults(target, cpu)
@@ -76,6 +79,26 @@ def configure_pipeline(target: Target, text: str, *, cpu: str | None = None) -> 
     for p, keys in zip(pipeline, explicit, strict=True):
         opts = {k: v for k, v in defaults.get(p.name, {}).items() if k not in keys}
         out.append(dataclasses.replace(p, **opts) if opts else p)
+    return defer_to_anchor(out)
+
+
+def defer_to_anchor(pipeline: list) -> list:
+    """Move a pass that declares ``runs_after = "X"`` (``bias_correct``: it corrects the error of
+    the weight quantisation that ``quantize`` introduces) from before the first ``X`` to just
+    after it, so ``calibrate,bias_correct,quantize`` means what it says. Order is otherwise kept;
+    the driver logs the move."""
+    out = list(pipeline)
+    for p in list(out):
+        anchor = getattr(type(p), "runs_after", None)
+        if anchor is None:
+            continue
+        names = [q.name for q in out]
+        i = out.index(p)
+        if anchor in names[:i] or anchor not in names[i + 1:]:
+            continue
+        out.pop(i)
+        j = names.index(anchor, i + 1)  # position in the list after the pop is j - 1, insert at j
+        out.insert(j, p)
     return out
 
 

@@ -35,14 +35,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class QType:
-    """An integer quantised type: ``bits`` in {4, 8, 16, 32}, ``signed``."""
+    """An integer quantised type: ``bits`` in {2, 4, 8, 16, 32}, ``signed`` (2 bits: weights
+    only, symmetric ``[-1, 1]``: ternary; stored in 4-bit containers)."""
 
     bits: int
     signed: bool
 
     def __post_init__(self) -> None:
-        if self.bits not in (4, 8, 16, 32):
-            raise ValueError(f"unsupported bit width {self.bits}; use 4, 8, 16 or 32")
+        if self.bits not in (2, 4, 8, 16, 32):
+            raise ValueError(f"unsupported bit width {self.bits}; use 2, 4, 8, 16 or 32")
 
     @property
     def name(self) -> str:
@@ -67,7 +68,7 @@ class QType:
 
 
 QTYPES: dict[str, QType] = {q.name: q for q in (
-    QType(4, True), QType(4, False), QType(8, True), QType(8, False),
+    QType(2, True), QType(4, True), QType(4, False), QType(8, True), QType(8, False),
     QType(16, True), QType(16, False), QType(32, True))}
 
 

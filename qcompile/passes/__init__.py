@@ -1,6 +1,9 @@
 """Passes and the pass manager. ``REGISTRY`` maps each CLI name to its class (explicit, greppable)."""
 
 from qcompile.passes.absorb import AbsorbHighBias
+from qcompile.passes.assign import Assign
+from qcompile.passes.adaround import AdaRound
+from qcompile.passes.bias_correct import BiasCorrect
 from qcompile.passes.base import (
     Check,
     Executor,
@@ -16,6 +19,7 @@ from qcompile.passes.cle import CrossLayerEqualize
 from qcompile.passes.cleanup import Cleanup
 from qcompile.passes.fold_bn import FoldBatchNorm
 from qcompile.passes.quantize import Quantize
+from qcompile.passes.sensitivity import Sensitivity
 from qcompile.passes.pipeline import (
     DumpDir,
     PipelineResult,
@@ -32,11 +36,18 @@ REGISTRY: dict[str, type[Pass]] = {
     "absorb": AbsorbHighBias,
     "calibrate": Calibrate,
     "quantize": Quantize,
+    "sensitivity": Sensitivity,
+    "assign": Assign,
+    "adaround": AdaRound,
+    "bias_correct": BiasCorrect,
 }
 
 __all__ = [
     "REGISTRY",
     "AbsorbHighBias",
+    "Assign",
+    "AdaRound",
+    "BiasCorrect",
     "Calibrate",
     "Check",
     "Cleanup",
@@ -52,6 +63,7 @@ __all__ = [
     "PreconditionError",
     "PrintAfter",
     "Quantize",
+    "Sensitivity",
     "Stats",
     "describe_options",
     "parse_pipeline",

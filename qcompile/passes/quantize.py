@@ -22,6 +22,11 @@ A ``QDQ(x, s, z){bits, signed, axis}`` node computes ``(clamp(round(x/s) + z) - 
 Declines (counted, explained): a non-constant weight or bias, a constant Add operand, nodes in
 ``keep_float`` (``first``/``last`` = first/last Conv/Gemm/MatMul, or node names), nodes whose
 inputs are already quantised. A graph with nothing to quantise is returned unmodified.
+
+``keep_8bit`` (``first``/``last``/node names, for the low-bit budgets): those layers get 8-bit
+weights and 8-bit input activations (``int8``/``uint8`` of the same signedness), the usual
+choice for the first and last layer at W4A4/W2A4; the 8-bit requirement follows the shared
+parameters back through scale-transparent ops (GlobalAveragePool, Flatten ...).
 """
 
 from __future__ import annotations
@@ -58,12 +63,13 @@ class Quantize(Pass):
     summary = "insert qcompile.QDQ nodes (weights per channel, activations, int32 bias)"
     requires = (checks.bn_folded, checks.calibrated)
 
-    weights: Literal["int8", "int4"] = "int8"
-    activations: Literal["uint8", "int8", "uint16", "int16"] = "uint8"
+    weights: Literal["int8", "int4", "int2"] = "int8"
+    activations: Literal["uint8", "int8", "uint16", "int16", "uint4", "int4"] = "uint8"
     per_channel: bool = True
     symmetric_weights: bool = True
     reduce_range: bool = False
     keep_float: tuple[str, ...] = ()
+    keep_8bit: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.per_channel and not self.symmetric_weights:
@@ -75,7 +81,7 @@ class Quantize(Pass):
         act_qt, w_qt = quant.qtype(self.activations), quant.qtype(self.weights)
         compute = [n for n in graph.nodes if n.domain == "" and n.op in checks.QUANTISABLE_OPS
                    and self._accept(n, st)]
-        keep = self._keep_float(graph, compute)
+        keep = self._select(graph, compute, self.keep_float, "keep_float")
         for n in keep:
             st.skip("keep_float", f"{n.op} {n.name!r}", "kept in float (keep_float)")
         compute = [n for n in compute if n not in keep]
@@ -106,7 +112,16 @@ class Quantize(Pass):
                 anchors.add(out)
 
         inherit = self._propagate(need, consumers)
-        params = self._params(graph, need, inherit, clip, act_qt, st)
+        wide = self._select(graph, compute, self.keep_8bit, "keep_8bit")
+        act8 = quant.qtype(("int8" if act_qt.signed else "uint8") if act_qt.bits < 8
+                           else act_qt.name)
+        wide_values: set[Value] = set()
+        for n in wide:
+            for v in _activation_inputs(n):
+                while v is not None and v not in wide_values:
+                    wide_values.add(v)
+                    v = inherit.get(v)
+        params = self._params(graph, need, inherit, clip, act_qt, st, wide_values, act8)
         p_in = {n: params[n.inputs[0]] for n in compute if n.op in WEIGHTED}  # type: ignore
         for v in sorted(need, key=lambda v: _order(graph, v)):
             targets = {u.node for u in v.uses()} if v in anchors else consumers.get(v, set())
@@ -122,7 +137,8 @@ class Quantize(Pass):
         for n in compute:
             st.count(f"quantized_{n.op.lower()}")
             if n.op in WEIGHTED:
-                self._weights(graph, n, p_in[n], w_qt, st)
+                wide_w = quant.qtype("int8") if n in wide and w_qt.bits < 8 else w_qt
+                self._weights(graph, n, p_in[n], wide_w, st)
         return st.result(graph, True)
 
     # -- selection ----------------------------------------------------------------------
@@ -164,10 +180,11 @@ class Quantize(Pass):
                 return False
         return True
 
-    def _keep_float(self, graph: Graph, compute: list[Node]) -> set[Node]:
+    def _select(self, graph: Graph, compute: list[Node], tokens: tuple[str, ...],
+                option: str) -> set[Node]:
         weighted = [n for n in compute if n.op in WEIGHTED]
         keep: set[Node] = set()
-        for token in self.keep_float:
+        for token in tokens:
             if token == "first":
                 keep.update(weighted[:1])
             elif token == "last":
@@ -176,7 +193,7 @@ class Quantize(Pass):
                 node = graph.find_node(token)
                 if node is None:
                     names = ", ".join(n.name for n in weighted[:5])
-                    raise OptionError(f"pass 'quantize': keep_float names no node {token!r}; "
+                    raise OptionError(f"pass 'quantize': {option} names no node {token!r}; "
                                       f"use first, last or node names such as {names}")
                 keep.add(node)
         return keep
@@ -205,7 +222,8 @@ class Quantize(Pass):
 
     def _params(self, graph: Graph, need: dict[Value, None], inherit: dict[Value, Value],
                 clip: dict[Value, tuple[float, float]], qt: quant.QType,
-                st: Stats) -> dict[Value, QParams]:
+                st: Stats, wide: set[Value] | None = None,
+                qt8: quant.QType | None = None) -> dict[Value, QParams]:
         params: dict[Value, QParams] = {}
         for v in sorted(need, key=lambda v: _order(graph, v)):
             if v in inherit:
@@ -218,10 +236,11 @@ class Quantize(Pass):
             lo, hi = r.lo, r.hi
             if v in clip:
                 lo, hi = max(lo, clip[v][0]), min(hi, clip[v][1])
-            scale, zp = quant.qparams(lo, hi, qt)
+            vqt = qt8 if wide and qt8 is not None and v in wide else qt
+            scale, zp = quant.qparams(lo, hi, vqt)
             if v in clip:
-                scale = quant.fit_scale_within(scale, zp, qt, *clip[v])
-            params[v] = QParams(scale, zp, qt)
+                scale = quant.fit_scale_within(scale, zp, vqt, *clip[v])
+            params[v] = QParams(scale, zp, vqt)
         return params
 
     # -- weights and bias ---------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_invalid_option_combinations():
     with pytest.raises(OptionError, match="per_channel=true needs symmetric_weights=true"):
         parse_pipeline("quantize{symmetric_weights=false}")
     with pytest.raises(OptionError, match="not one of"):
-        parse_pipeline("quantize{weights=int2}")
+        parse_pipeline("quantize{weights=int3}")
 
 
 @pytest.mark.parametrize("spec,min_db", [("quantize", 20.0), ("quantize{reduce_range=true}", 15.0),
@@ -159,3 +159,27 @@ def test_quantised_mini_resnet_is_close_and_fuses(data, spec, min_db):
         return
     assert ops["com.microsoft.QLinearConv"] == n_conv and ops["com.microsoft.QLinearAdd"] == 2
     assert ops.get("Conv", 0) == 0 and ops.get("Relu", 0) == 0
+
+
+def test_low_bit_types_and_keep_8bit_run_in_ort(data):
+    """W2/W4 weights (int4 codes), A4 activations (uint4), first/last layers at 8 bits."""
+    model = zoo.mini_resnet()
+    g, _ = compile_graph(model, data, "fold,calibrate{images=32,method=mse,bits=4},"
+                         "quantize{weights=int2,activations=uint4,keep_8bit=first,last}")
+    qdq = {n.inputs[0].name: n for n in _qdq(g)}
+    first = g.find_node("conv1")
+    assert first.inputs[0].producer.attrs["bits"] == 8  # the image stays 8-bit
+    assert first.inputs[1].producer.attrs["bits"] == 8
+    fc = next(n for n in g.nodes if n.op == "Gemm")
+    assert fc.inputs[1].producer.attrs["bits"] == 8
+    inner = [n for n in g.nodes if n.op == "Conv" and n is not first]
+    assert all(n.inputs[1].producer.attrs["bits"] == 2 for n in inner)
+    assert any(q.attrs["bits"] == 4 and not q.attrs["signed"] for q in qdq.values())
+    w = inner[0].inputs[1].producer
+    codes = quant.quantize(w.inputs[0].const, w.inputs[1].const, w.inputs[2].const,
+                           quant.qtype("int2"), 0)
+    assert set(np.unique(codes)) <= {-1, 0, 1}
+    m = lower(g)
+    x = np.random.default_rng(1).integers(0, 256, (4, 3, 16, 16)).astype(np.float32)
+    got = run(m, {"input": x})["logits"]
+    assert np.all(np.isfinite(got)) and got.shape == (4, 10)

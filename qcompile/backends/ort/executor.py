@@ -2,7 +2,9 @@
 
 ``run(graph, feeds, outputs)`` lowers ``graph`` once, marks the requested intermediate values
 as extra graph outputs, builds one InferenceSession and reuses it while the graph's structure
-(node names and ops) and the requested outputs stay the same.
+(node names and ops), the requested outputs and the constant arrays stay the same (a pass that
+assigns a new array to ``value.const``, e.g. ``adaround`` writing rounded weights, gets a fresh
+session; the cache holds the arrays it compared, so an id cannot be reused meanwhile).
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ class OrtExecutor:
         self._key: tuple | None = None
         self._sess = None
         self._names: list[str] = []
+        self._consts: list[np.ndarray | None] = []
 
     def _session(self, graph: Graph, outputs: Sequence[Value]):
         names = [v.name for v in outputs]
         key = (id(graph), tuple(names), tuple((n.name, n.op) for n in graph.nodes))
-        if key != self._key:
+        consts = [v.const for v in graph.initializers.values()]
+        if key != self._key or len(consts) != len(self._consts) or any(
+                a is not b for a, b in zip(consts, self._consts)):
             model = lower(graph, check=False)
             existing = {o.name for o in model.graph.output}
             extra = [v for v in outputs if v.name not in existing]
@@ -43,7 +48,7 @@ class OrtExecutor:
                 model.graph.output.append(helper.make_tensor_value_info(v.name, elem, shape))
             self._sess = session(model, device=self.device, opt_level=self.opt_level,
                                  threads=self.threads)
-            self._key, self._names = key, names
+            self._key, self._names, self._consts = key, names, consts
         return self._sess
 
     def run(self, graph: Graph, feeds: Mapping[str, np.ndarray],

@@ -7,7 +7,9 @@
   integer initializer ``x_quantized`` followed by ``DequantizeLinear`` only; the float constant
   is dropped from the model when nothing else uses it. int32 bias likewise.
 
-``axis`` (per-channel) becomes the ``axis`` attribute. 16-bit and 4-bit types need
+``axis`` (per-channel) becomes the ``axis`` attribute. 2-bit (ternary) weights are stored as
+INT4 codes in ``[-1, 1]`` (ONNX has no 2-bit type; the codes are exact). 16-bit and 4-bit types
+need
 QuantizeLinear/DequantizeLinear from opset 21, so the model's default opset is raised to 21
 when such a node is present (the CNN ops qcompile emits are unchanged between 17 and 21).
 """
@@ -22,7 +24,8 @@ from qcompile.backends.ort.rules import LOWER, LoweringContext
 from qcompile.ir import QCOMPILE_DOMAIN, DType, Node
 from qcompile.numerics import quant
 
-_DTYPE = {(4, True): DType.INT4, (4, False): DType.UINT4, (8, True): DType.INT8,
+_DTYPE = {(2, True): DType.INT4, (4, True): DType.INT4, (4, False): DType.UINT4,
+          (8, True): DType.INT8,
           (8, False): DType.UINT8, (16, True): DType.INT16, (16, False): DType.UINT16,
           (32, True): DType.INT32}
 
@@ -39,14 +42,17 @@ def lower_qdq(node: Node, ctx: LoweringContext) -> None:
     dtype = _DTYPE[(qt.bits, qt.signed)]
     axis = node.attrs.get("axis")
     kw = {} if axis is None else {"axis": int(axis)}
-    if qt.bits in (4, 16) and ctx.graph.opset < 21:
+    if qt.bits == 2 and x.const is None:
+        raise ValueError(f"QDQ {node.name!r}: 2-bit activations have no ONNX type (2-bit "
+                         "weights are stored as int4 codes in [-1, 1])")
+    if qt.bits in (2, 4, 16) and ctx.graph.opset < 21:
         ctx.extra_opsets[""] = 21
     if s.const is None or z.const is None:
         raise ValueError(f"QDQ {node.name!r}: scale and zero point must be constants")
     scale = np.asarray(s.const, np.float32)
     zp = np.asarray(z.const).astype(qt.storage)
     scale_name, zp_name = s.name, z.name
-    if qt.bits == 4:  # the IR stores 4-bit zero points widened to int8: emit them as (u)int4
+    if qt.bits <= 4:  # the IR stores 4-bit zero points widened to int8: emit them as (u)int4
         ctx.skip_initializers.add(z.name)
         if all(t.name != zp_name for t in ctx.initializers):
             ctx.initializers.append(to_tensor(zp, zp_name, dtype))
