@@ -353,8 +353,11 @@ class Graph:
     def insert_after(self, anchor: Node, *nodes: Node) -> None:
         self._insert_at(self.position(anchor) + 1, nodes)
 
-    def remove(self, node: Node, *, safe: bool = True) -> None:
-        """Remove ``node``. ``safe`` refuses while any of its outputs is still used."""
+    def remove(self, node: Node, *, safe: bool = True, drop_dead_consts: bool = False) -> None:
+        """Remove ``node``. ``safe`` refuses while any of its outputs is still used.
+
+        ``drop_dead_consts`` also removes the constants it read that nothing else uses now.
+        """
         if node.graph is not self:
             raise IRError(f"{node!r} is not in graph {self.name!r}")
         if safe:
@@ -364,11 +367,16 @@ class Graph:
                     raise IRError(f"cannot remove {node!r}: %{out.name} is used by {users}")
         self._nodes.remove(node)
         self._pos = None
+        read = [v for v in node.inputs if v is not None and v.is_const]
         node._detach_inputs()
         node.graph = None
         self._node_names.discard(node.name)
         for out in node.outputs:
             self._names.discard(out.name)
+        if drop_dead_consts:
+            for v in dict.fromkeys(read):
+                if not v._uses and v not in self.outputs and self.initializers.get(v.name) is v:
+                    self.remove_const(v)
 
     def replace_value(self, old: Value, new: Value) -> None:
         """Replace every use of ``old`` by ``new``, graph outputs included.

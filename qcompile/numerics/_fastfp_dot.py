@@ -38,6 +38,7 @@ from qcompile.numerics._fastfp_core import (
     odd_adjust,
     ref_values,
     round_block,
+    two_sum,
 )
 from qcompile.numerics.formats import FloatFormat, Rounding, parse_format
 
@@ -254,13 +255,7 @@ def _exact_block(XT, W, init, r0, r1, c0, c1, plan, bases, width, sig, sc, init_
         for j in range(nb - 2, -1, -1):
             if not und.any():
                 break
-            d = bins[j]
-            np.add(h, d, out=s)
-            np.subtract(s, h, out=tt)
-            np.subtract(d, tt, out=e)
-            np.subtract(s, tt, out=tt)
-            np.subtract(h, tt, out=tt)
-            np.add(tt, e, out=e)
+            two_sum(h, bins[j], s, e, tt)
             np.copyto(h, s, where=und)
             np.copyto(err, e, where=und)
             und &= e == 0

@@ -1,9 +1,8 @@
 """Passes and the pass manager. ``REGISTRY`` maps each CLI name to its class (explicit, greppable)."""
 
 from qcompile.passes.absorb import AbsorbHighBias
-from qcompile.passes.assign import Assign
 from qcompile.passes.adaround import AdaRound
-from qcompile.passes.bias_correct import BiasCorrect
+from qcompile.passes.assign import Assign
 from qcompile.passes.base import (
     Check,
     Executor,
@@ -14,12 +13,11 @@ from qcompile.passes.base import (
     PreconditionError,
     Stats,
 )
+from qcompile.passes.bias_correct import BiasCorrect
 from qcompile.passes.calibrate import Calibrate
 from qcompile.passes.cle import CrossLayerEqualize
 from qcompile.passes.cleanup import Cleanup
 from qcompile.passes.fold_bn import FoldBatchNorm
-from qcompile.passes.quantize import Quantize
-from qcompile.passes.sensitivity import Sensitivity
 from qcompile.passes.pipeline import (
     DumpDir,
     PipelineResult,
@@ -28,6 +26,8 @@ from qcompile.passes.pipeline import (
     parse_pipeline,
     run_pipeline,
 )
+from qcompile.passes.quantize import Quantize
+from qcompile.passes.sensitivity import Sensitivity
 
 REGISTRY: dict[str, type[Pass]] = {
     "fold": FoldBatchNorm,

@@ -86,12 +86,13 @@ class Pass(abc.ABC):
         """The pipeline string that recreates this pass with its non-default options."""
         from dataclasses import fields
 
-        opts = [f"{f.name}={_fmt(getattr(self, f.name))}" for f in fields(self)  # type: ignore[arg-type]
+        opts = [f"{f.name}={format_option(getattr(self, f.name))}" for f in fields(self)  # type: ignore[arg-type]
                 if getattr(self, f.name) != f.default]
         return self.name + ("{" + ",".join(opts) + "}" if opts else "")
 
 
-def _fmt(v: Any) -> str:
+def format_option(v: Any) -> str:
+    """An option value as the pipeline grammar writes it (true/false, comma lists)."""
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, tuple):

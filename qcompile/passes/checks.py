@@ -8,6 +8,11 @@ from qcompile.passes.base import Check
 FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 
 
+def exclusive_const(v: Value | None, node: Node) -> bool:
+    """``v`` is a constant that only ``node`` reads (so a pass may rewrite it in place)."""
+    return v is not None and v.is_const and all(u.node is node for u in v.uses())
+
+
 def _bn_folded(graph: Graph) -> str | None:
     # Same predicate the fold pass uses, so a BN that fold declines (shared weight...) does not
     # count as unfolded: later passes treat it as an ordinary op.

@@ -140,22 +140,17 @@ def _clip_to_relu(graph: Graph, clip: Node) -> None:
     old = clip.outputs[0]
     relu = Node("Relu", [clip.inputs[0]], [old.type], name=clip.name + "_relu")
     graph.insert_after(clip, relu)
-    bounds = [v for v in clip.inputs[1:] if v is not None]
     graph.replace_value(old, relu.outputs[0])
     public = old.name
-    graph.remove(clip)
+    graph.remove(clip, drop_dead_consts=True)
     if relu.outputs[0].name != public:  # keep the tensor's name for dumps and reports
         relu.outputs[0].name = graph.unique_name(public)
-    for v in bounds:
-        if v.is_const and not v.uses() and v.name in graph.initializers:
-            graph.remove_const(v)
 
 
 def _exclusive_weight(n: Node) -> bool:
     w = n.inputs[1]
     b = n.inputs[2] if len(n.inputs) > 2 else None
-    return (w is not None and w.is_const and all(u.node is n for u in w.uses())
-            and (b is None or (b.is_const and all(u.node is n for u in b.uses()))))
+    return checks.exclusive_const(w, n) and (b is None or checks.exclusive_const(b, n))
 
 
 def _match(src: Node, st: Stats) -> Region | None:

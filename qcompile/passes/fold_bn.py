@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcompile.ir import RANGE, Graph, Node, Value
+from qcompile.ir import RANGE, Graph, Node
 from qcompile.passes import checks
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 
@@ -53,10 +53,6 @@ class FoldBatchNorm(Pass):
         return st.result(graph, modified)
 
 
-def _exclusive_const(v: Value | None, node: Node) -> bool:
-    return v is not None and v.is_const and all(u.node is node for u in v.uses())
-
-
 def fold_blocker(bn: Node) -> tuple[str, str] | None:
     """None when ``bn`` can be folded, else (stat key, human reason)."""
     x = bn.inputs[0]
@@ -73,10 +69,10 @@ def fold_blocker(bn: Node) -> tuple[str, str] | None:
     w = prod.inputs[1]
     if w is None or not w.is_const:
         return "weight_not_constant", f"the weight of {prod.name!r} is not a constant"
-    if not _exclusive_const(w, prod):
+    if not checks.exclusive_const(w, prod):
         return "shared_weight", f"the weight %{w.name} of {prod.name!r} is shared with another node"
     b = prod.inputs[2] if len(prod.inputs) > 2 else None
-    if b is not None and not _exclusive_const(b, prod):
+    if b is not None and not checks.exclusive_const(b, prod):
         return "shared_bias", f"the bias %{b.name} of {prod.name!r} is shared or not constant"
     cout = bn.inputs[1].const.size  # type: ignore[union-attr]
     if prod.op == "Gemm":
@@ -124,11 +120,7 @@ def _rewrite(graph: Graph, bn: Node) -> None:
         else:
             prod.add_input(bias)
     bn_out = bn.outputs[0]
-    params = [v for v in bn.inputs[1:] if v is not None]
     x.type = bn_out.type
     graph.replace_value(bn_out, x)
-    graph.remove(bn)
-    for v in params:  # BN's constants are dead now unless something else shares them
-        if v.is_const and not v.uses() and v.name in graph.initializers:
-            graph.remove_const(v)
+    graph.remove(bn, drop_dead_consts=True)  # BN's constants, unless something shares them
     x.meta.pop(RANGE, None)  # the values changed: any range observed before is stale

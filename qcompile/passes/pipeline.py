@@ -24,7 +24,14 @@ from typing import Any, TextIO
 
 from qcompile.errors import OptionError, QCompileError
 from qcompile.ir import Graph, VerifyError, format_graph, verify
-from qcompile.passes.base import Pass, PassContext, PassError, PassResult, PreconditionError
+from qcompile.passes.base import (
+    Pass,
+    PassContext,
+    PassError,
+    PassResult,
+    PreconditionError,
+    format_option,
+)
 
 _SPEC = re.compile(r"\s*([A-Za-z_][\w-]*)\s*(?:\{(.*?)\})?\s*$", re.S)
 
@@ -150,7 +157,7 @@ def describe_options(cls: type[Pass]) -> list[tuple[str, str, str]]:
     hints = option_fields(cls)
     for f in fields(cls):  # type: ignore[arg-type]
         default = f.default if f.default is not MISSING else "(required)"
-        out.append((f.name, _type_name(hints[f.name]), _show(default)))
+        out.append((f.name, _type_name(hints[f.name]), format_option(default)))
     return out
 
 
@@ -158,14 +165,6 @@ def _type_name(ann: Any) -> str:
     if typing.get_origin(ann) is typing.Literal:
         return "|".join(map(str, typing.get_args(ann)))
     return getattr(ann, "__name__", str(ann)).replace("typing.", "")
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, tuple):
-        return ",".join(map(str, v))
-    return str(v)
 
 
 @dataclass

@@ -558,3 +558,27 @@ def test_random_mutations_keep_invariants(data):
         assert len(names) == len(set(names))
         node_names = [n.name for n in g.nodes]
         assert len(node_names) == len(set(node_names))
+
+
+def test_remove_drop_dead_consts_keeps_shared_ones():
+    import numpy as np
+
+    from qcompile.ir import DType, Graph, Node, TensorType
+
+    g = Graph("g")
+    x = g.add_input("x", TensorType(DType.FLOAT, (2,)))
+    only = g.add_const("only", np.ones(2, np.float32))
+    shared = g.add_const("shared", np.ones(2, np.float32))
+    t = TensorType(DType.FLOAT, (2,))
+    a = Node("Add", [x, only], [t], name="a")
+    b = Node("Mul", [a.outputs[0], shared], [t], name="b")
+    c = Node("Mul", [b.outputs[0], shared], [t], name="c")
+    g.append(a, b, c)
+    g.outputs.append(c.outputs[0])
+    b.outputs[0].replace_all_uses_with(a.outputs[0])
+    g.remove(b, drop_dead_consts=True)
+    assert "shared" in g.initializers  # still read by c
+    c.replace_input(0, x)
+    g.remove(a, drop_dead_consts=True)
+    assert "only" not in g.initializers
+    verify(g)
