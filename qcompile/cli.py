@@ -6,54 +6,17 @@ code 2 and no output file.
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
+from qcompile.cli_common import app, user_errors
+from qcompile.cli_common import console as _console
+from qcompile.cli_common import echo_json as _echo_json
+from qcompile.cli_common import progress as _progress
 from qcompile.errors import QCompileError
-
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    help="qcompile: quantise CNNs as a compiler does. ONNX in -> IR -> passes -> ONNX Runtime or MPFR.",
-)
-
-
-def _err(msg: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {msg}", err=True)
-    return typer.Exit(code)
-
-
-def user_errors(fn):
-    """Turn QCompileError / DataError into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from qcompile.data import DataError
-
-        try:
-            return fn(*args, **kwargs)
-        except (QCompileError, DataError) as e:
-            raise _err(str(e), getattr(e, "exit_code", 2)) from None
-        except KeyboardInterrupt:
-            raise _err("interrupted", 130) from None
-
-    return wrapper
-
-
-def _echo_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,29 +184,6 @@ def list_passes(as_json: bool = typer.Option(False, "--json"),
             typer.echo(f"    ensures:  {', '.join(r['ensures'])}")
     typer.echo("\npipeline grammar: name{key=value,...},name,...  "
                "e.g. fold,cle{iterations=10},calibrate{method=percentile,percentile=99.99}")
-
-
-# ---------------------------------------------------------------------------------------------
-class _Bar:
-    """Progress on stderr for long passes (calibration): ``update(n)``, ``close()``."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self._p = Progress(console=Console(stderr=True), transient=True)
-        self._p.start()
-        self._task = self._p.add_task(desc, total=total)
-
-    def update(self, n: int) -> None:
-        self._p.update(self._task, advance=n)
-
-    def close(self) -> None:
-        self._p.stop()
-
-
-def _progress(total: int, desc: str) -> _Bar:
-    return _Bar(total, desc)
 
 
 @app.command("eval")
@@ -415,6 +355,10 @@ def _print_emulation(rep: dict) -> None:
                    f"reference engine: {v['mismatches']} mismatch(es)")
     if "dump" in rep:
         typer.echo(f"dump    {rep['dump']['files']} files in {rep['dump']['dir']}")
+
+
+# Commands that live in their own modules register themselves on ``app`` when imported.
+from qcompile import cli_commands  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,7 @@
+"""Imports the command modules that live outside ``cli.py`` so that they register on ``app``.
+
+One import per module; each module defines its commands with ``@app.command`` from
+``qcompile.cli_common``.
+"""
+
+from __future__ import annotations

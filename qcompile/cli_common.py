@@ -1,0 +1,75 @@
+"""Shared plumbing of the ``qcompile`` command line: the Typer app, the one-line error wrapper,
+JSON printing and progress bars.  Command modules (``cli.py``, ``cli_*.py``) register on ``app``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import typer
+
+from qcompile.errors import QCompileError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="qcompile: quantise CNNs as a compiler does. ONNX in -> IR -> passes -> ONNX Runtime or MPFR.",
+)
+
+
+def err(msg: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {msg}", err=True)
+    return typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn QCompileError / DataError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from qcompile.data import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except (QCompileError, DataError) as e:
+            raise err(str(e), getattr(e, "exit_code", 2)) from None
+        except KeyboardInterrupt:
+            raise err("interrupted", 130) from None
+
+    return wrapper
+
+
+def echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+class Bar:
+    """Progress on stderr for long passes (calibration): ``update(n)``, ``close()``."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self._p = Progress(console=Console(stderr=True), transient=True)
+        self._p.start()
+        self._task = self._p.add_task(desc, total=total)
+
+    def update(self, n: int) -> None:
+        self._p.update(self._task, advance=n)
+
+    def close(self) -> None:
+        self._p.stop()
+
+
+def progress(total: int, desc: str) -> Bar:
+    return Bar(total, desc)
