@@ -11,6 +11,13 @@ Semantics (both engines follow them exactly; see README "Float-format emulation"
   Gemm/MatMul: acc = +0, products over k in order, bias last (``--compat qresnet``: Gemm
   starts from the bias); accumulation ``sequential`` acc = round(acc + round(x*w)),
   ``fma`` acc = round(acc + x*w), ``exact`` one rounding of the exact sum (a quire);
+* ConvTranspose (ONNX strides, pads, dilations, group, output_padding, output_shape,
+  auto_pad) in gather form, the Conv rule: per output element acc = +0, then acc (+) x*w over
+  the contributing (input channel, kernel row, kernel column) in lexicographic order (output
+  o = i*stride + k*dilation - pad_begin; non-contributing taps skipped), bias added last;
+* InstanceNormalization per (n, c): mean = (sum from +0 in row-major order) / count;
+  var = dot(x - mean, x - mean) / count with the accumulation rule above (sequential:
+  acc = round(acc + round(d*d))); y = ((x - mean) / sqrt(var + eps)) * scale + B left to right;
 * BatchNormalization ((x - mean) / sqrt(var + eps)) * scale + B left to right (the
   per-channel sqrt once); Global/AveragePool: sum from +0 in row-major window order, then
   divide by the (converted) count; Add/Sub/Mul/Div/Sqrt element-wise; Relu (x if x > 0 or

@@ -305,3 +305,48 @@ def gemm(a, b, out, bias, bias_first, ip, fp, bad):
                 acc[j] = r
                 flag |= bd
         bad[m] = flag
+
+
+@njit(parallel=True, cache=True)
+def conv_transpose2d(x, w, out, bias, sh, sw, pt, pl, dh, dw, group, ip, fp, bad):
+    """ConvTranspose in gather form: out[n, oc, oy, ox] = sum over the contributing
+    (c, ky, kx) in lexicographic order (oy = iy*sh + ky*dh - pt, likewise for x; positions
+    that do not contribute skipped) of x*w, from +0, bias added last.  w [C, OC/g, KH, KW]."""
+    pm, qb, mpos, mneg = ip[0], ip[1], ip[2], ip[3]
+    use_odd, is_down, fma = ip[4] != 0, ip[5] != 0, ip[6] != 0
+    maxf, ovp, ovn, exip, exin = fp[0], fp[1], fp[2], fp[3], fp[4]
+    low = max(fp[5], 0.0)  # the check-free variant's marker (-1) means 0 here
+    N, C, H, W = x.shape
+    ocg, KH, KW = w.shape[1], w.shape[2], w.shape[3]
+    OC, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+    Cg = C // group
+    for job in prange(N * OC):
+        n = job // OC
+        oc = job % OC
+        g = oc // ocg
+        j = oc % ocg
+        flag = False
+        for oy in range(OH):
+            for ox in range(OW):
+                acc = 0.0
+                for c in range(Cg):
+                    ci = g * Cg + c
+                    for ky in range(KH):
+                        ty = oy + pt - ky * dh
+                        if ty < 0 or ty % sh != 0 or ty // sh >= H:
+                            continue
+                        iy = ty // sh
+                        for kx in range(KW):
+                            tx = ox + pl - kx * dw
+                            if tx < 0 or tx % sw != 0 or tx // sw >= W:
+                                continue
+                            acc, b = _mac(acc, x[n, ci, iy, tx // sw], w[ci, j, ky, kx], fma,
+                                          pm, qb, mpos, mneg, use_odd, is_down, maxf, ovp, ovn,
+                                          exip, exin, low)
+                            flag |= b
+                if bias.size > 0:
+                    s = _sum(acc, bias[oc], use_odd, is_down)
+                    acc, b = _rnd(s, pm, qb, mpos, mneg, maxf, ovp, ovn, exip, exin, low)
+                    flag |= b
+                out[n, oc, oy, ox] = acc
+        bad[n, oc] = flag

@@ -148,3 +148,56 @@ def pad(x, pads, fill, *, mode="constant", axes=None):
     if m in ("reflect", "edge"):
         return (np.pad(x, width, mode=m),)
     raise KernelError(f"Pad: mode {m!r} is not supported")
+
+
+def conv_transpose_geometry(x_shape, w_shape, *, strides=None, pads=None, dilations=None,
+                            output_padding=None, output_shape=None, auto_pad="NOTSET",
+                            kernel_shape=None):
+    """(strides, dilations, (top, left), (OH, OW)) of a 2-D ConvTranspose, as the ONNX spec.
+
+    Output size ``s*(n-1) + output_padding + (k-1)*d + 1 - pad_begin - pad_end``; with
+    ``output_shape`` (or auto_pad SAME_*, where it is ``n*s``) the pads are derived from the
+    total padding ``s*(n-1) + output_padding + (k-1)*d + 1 - out`` (SAME_UPPER puts the odd
+    unit at the end, otherwise at the beginning).  Output position ``o`` receives
+    ``x[i] * w[k]`` where ``o = i*s + k*d - pad_begin``.
+    """
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise KernelError(f"ConvTranspose: only 2-D (NCHW) is supported, got input {x_shape}")
+    ks = tuple(kernel_shape) if kernel_shape else tuple(w_shape[2:])
+    if tuple(ks) != tuple(w_shape[2:]):
+        raise KernelError(f"ConvTranspose: kernel_shape {list(ks)} does not match the weight "
+                          f"shape {list(w_shape)}")
+    ins = x_shape[2:]
+    s = tuple(strides) if strides else (1, 1)
+    d = tuple(dilations) if dilations else (1, 1)
+    op = tuple(output_padding) if output_padding else (0, 0)
+    ap = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    full = [s[i] * (ins[i] - 1) + op[i] + (ks[i] - 1) * d[i] + 1 for i in range(2)]
+    if output_shape is not None or ap in ("SAME_UPPER", "SAME_LOWER"):
+        out = (list(output_shape)[-2:] if output_shape is not None
+               else [ins[i] * s[i] for i in range(2)])
+        begin = []
+        for i in range(2):
+            tot = full[i] - out[i]
+            begin.append(tot // 2 if ap == "SAME_UPPER" else tot - tot // 2)
+        return s, d, tuple(begin), tuple(int(o) for o in out)
+    p = tuple(pads) if (pads and ap not in ("VALID",)) else (0, 0, 0, 0)
+    out = (full[0] - p[0] - p[2], full[1] - p[1] - p[3])
+    if min(out) <= 0:
+        raise KernelError(f"ConvTranspose: empty output {out} for input {x_shape}")
+    return s, d, (p[0], p[1]), out
+
+
+def conv_transpose_taps(H, W, OH, OW, KH, KW, strides, dilations, begin):
+    """Yield (ky, kx, iy [OH,1], ix [1,OW], valid [OH,OW]) per kernel tap in (ky, kx) order:
+    the input position feeding each output position through that tap (gather form)."""
+    (sh, sw), (dh, dw), (pt, pl) = strides, dilations, begin
+    oy = np.arange(OH)[:, None]
+    ox = np.arange(OW)[None, :]
+    for ky in range(KH):
+        ty = oy + pt - ky * dh
+        for kx in range(KW):
+            tx = ox + pl - kx * dw
+            ok = (ty % sh == 0) & (ty >= 0) & (ty < H * sh) & (tx % sw == 0) & (tx >= 0) & (
+                tx < W * sw)
+            yield (ky, kx, np.clip(ty // sh, 0, H - 1), np.clip(tx // sw, 0, W - 1), ok)

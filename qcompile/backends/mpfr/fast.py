@@ -19,6 +19,9 @@ never an approximation).  Each scalar operation must return the correctly rounde
   TwoSum error (any mode: round_p(RO_53(z)) == round_p(z) for p + 2 <= 53).  The ``fma`` step
   rounds the round-to-odd proxy of the exact ``acc + x*w``.  Padded positions are skipped,
   never added as zeros (a +-0 term can change the sign of a zero sum in directed modes);
+* ConvTranspose runs the same scalar steps in ``_nb.conv_transpose2d`` (gather form: per
+  output element, the contributing taps in (c, ky, kx) order), with the same flags and the
+  same numpy fallback over gathered columns;
 * anything else (p > 26, numba missing, a plane the kernel flags, the ``exact`` rule) uses
   the numpy K-loop over ``fastfp.mac_step`` or ``fastfp.dot``; transcendental functions call
   the gmpy2 reference per element.
@@ -30,6 +33,7 @@ import math
 
 import numpy as np
 
+from qcompile.backends.mpfr import common as _cm
 from qcompile.numerics import fastfp
 from qcompile.numerics._fastfp_core import get_plan
 from qcompile.numerics.formats import Rounding
@@ -179,6 +183,48 @@ class FastArith:
                     r = self._dot_masked(xs[n], vs, w[oc].reshape(-1),
                                          None if b is None else b[oc])
                     out[n, oc] = r.reshape(OH, OW)
+        return out
+
+    def conv_transpose2d(self, x, w, b, strides, dilations, begin, out_hw, group):
+        """ConvTranspose in gather form (see ``_nb.conv_transpose2d``): x [N,C,H,W],
+        w [C, OC/g, KH, KW], b [OC] or None; ``begin`` = (top, left) pads."""
+        N, C, H, W = x.shape
+        _, ocg, KH, KW = w.shape
+        OC, Cg = ocg * group, C // group
+        OH, OW = out_hw
+        out = np.empty((N, OC, OH, OW), _F64)
+        bias = np.zeros(0, _F64) if b is None else np.ascontiguousarray(b, _F64)
+        todo = None
+        if self._nb_ok(x, w, b):
+            bad = np.zeros((N, OC), np.bool_)
+            _nb.conv_transpose2d(np.ascontiguousarray(x, _F64), np.ascontiguousarray(w, _F64),
+                                 out, bias, *strides, *begin, *dilations, group, *self.nb[:2],
+                                 bad)
+            self.kernel_stats["numba"] += 1
+            if not bad.any():
+                return out
+            self.kernel_stats["flagged_planes"] += int(bad.sum())
+            todo = {(int(n), int(oc)) for n, oc in zip(*np.nonzero(bad))}
+        else:
+            self.kernel_stats["numpy"] += 1
+        # numpy path: the same gather as columns [N, C, KH*KW, P] (0 where nothing contributes)
+        P = OH * OW
+        cols = np.zeros((N, C, KH * KW, P), _F64)
+        valid = np.zeros((KH * KW, P), bool)
+        for ky, kx, iy, ix, ok in _cm.conv_transpose_taps(H, W, OH, OW, KH, KW, strides,
+                                                          dilations, begin):
+            valid[ky * KW + kx] = ok.reshape(-1)
+            cols[:, :, ky * KW + kx] = np.where(ok, x[:, :, iy, ix], 0.0).reshape(N, C, P)
+        vs = np.broadcast_to(valid[None], (Cg,) + valid.shape).reshape(Cg * KH * KW, P)
+        for n in range(N):
+            for oc in range(OC):
+                if todo is not None and (n, oc) not in todo:
+                    continue
+                g, j = divmod(oc, ocg)
+                xs = cols[n, g * Cg:(g + 1) * Cg].reshape(Cg * KH * KW, P)
+                wv = w[g * Cg:(g + 1) * Cg, j].reshape(-1)  # (c, ky, kx) order
+                r = self._dot_masked(xs, vs, wv, None if b is None else b[oc])
+                out[n, oc] = r.reshape(OH, OW)
         return out
 
     def _dot_masked(self, xs, valid, wv, bv):

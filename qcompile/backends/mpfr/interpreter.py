@@ -111,7 +111,8 @@ def _unsupported_reason(node: Node) -> str | None:
     a = node.attrs
     if node.op == "Gemm" and (float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0):
         return "Gemm with alpha/beta != 1"
-    if node.op in ("Conv", "MaxPool", "AveragePool") and len(a.get("kernel_shape") or (1, 1)) != 2:
+    if (node.op in ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
+            and len(a.get("kernel_shape") or (1, 1)) != 2):
         return f"{node.op} that is not 2-D"
     if node.op == "BatchNormalization" and int(a.get("training_mode", 0)):
         return "BatchNormalization in training mode"
