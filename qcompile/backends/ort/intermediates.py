@@ -1,0 +1,122 @@
+"""ONNX Runtime sessions that expose every quantised tensor of a QDQ model (``qcompile verify``).
+
+* :func:`quantized_tensors` lists the integer tensors: every QuantizeLinear output, with its
+  scale, zero point, element type, axis and the op that produced the float value it quantises.
+* :class:`IntermediateRunner` adds them as graph outputs, builds one session and reports which
+  kernels ORT actually runs: the node op types of the graph ORT optimised
+  (``SessionOptions.optimized_model_filepath``), e.g. fused ``QLinearConv`` or unfused
+  ``DequantizeLinear -> Conv -> QuantizeLinear``.  It also builds the model *without* the extra
+  outputs and compares the two kernel lists (``fusion_blocked``): an extra graph output could
+  keep ORT from fusing (its QDQ selectors refuse to remove a node whose output is a graph
+  output).  A QuantizeLinear output survives fusion as the fused node's output, so exposing it
+  does not change which kernels run; this is checked for every model, not assumed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from qcompile.backends.ort.measure import _load, _options, providers
+from qcompile.errors import QCompileError
+
+
+@dataclass(frozen=True)
+class QTensor:
+    name: str
+    scale: np.ndarray
+    zero_point: np.ndarray
+    elem_type: int  # ONNX TensorProto code
+    axis: int | None
+    producer: str  # op type producing the quantised float value ("input" for a graph input)
+    source: str  # name of that float value
+
+
+def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute:
+            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return out
+
+
+def quantized_tensors(model: onnx.ModelProto) -> list[QTensor]:
+    """Every QuantizeLinear output with constant parameters, in graph order."""
+    inits = _inits(model)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    prod = {o: n.op_type for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[1] not in inits:
+            continue
+        zname = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        elem = int(attrs.get("output_dtype", 0)) or (types.get(zname, 2) if zname else 2)
+        zp = inits.get(zname, np.zeros((), np.uint8)) if zname else np.zeros((), np.uint8)
+        scale = inits[n.input[1]]
+        out.append(QTensor(n.output[0], scale, zp, elem,
+                           int(attrs.get("axis", 1)) if scale.size > 1 else None,
+                           prod.get(n.input[0], "input"), n.input[0]))
+    return out
+
+
+def kernel_counts(model: onnx.ModelProto, *, opt_level: str = "all", device: str = "cpu"
+                  ) -> tuple[Counter, list[tuple[str, str, list[str], list[str]]]]:
+    """(op type counts, [(node name, op type, outputs, inputs)]) of the graph ORT runs."""
+    with tempfile.TemporaryDirectory(prefix="qcompile-verify-") as d:
+        path = os.path.join(d, "optimized.onnx")
+        ort.InferenceSession(model.SerializeToString(), _options(opt_level, optimized=path),
+                             providers=providers(device, int8=True))
+        opt = onnx.load(path)
+    nodes = [(n.name, (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type,
+              list(n.output), list(n.input)) for n in opt.graph.node]
+    return Counter(n[1] for n in nodes), nodes
+
+
+class IntermediateRunner:
+    """One session over a QDQ model that returns its outputs and every quantised tensor."""
+
+    def __init__(self, path: str | os.PathLike, *, opt_level: str = "all", device: str = "cpu",
+                 threads: int = 0) -> None:
+        model = _load(path)
+        self.tensors = quantized_tensors(model)
+        self.outputs = [o.name for o in model.graph.output]
+        self.input = model.graph.input[0].name
+        base_counts, _ = kernel_counts(model, opt_level=opt_level, device=device)
+        existing = set(self.outputs)
+        for t in self.tensors:
+            if t.name not in existing:
+                model.graph.output.append(helper.make_tensor_value_info(t.name, t.elem_type,
+                                                                        None))
+        self.kernels, self.nodes = kernel_counts(model, opt_level=opt_level, device=device)
+        self.fusion_blocked = dict((base_counts - self.kernels) + (self.kernels - base_counts))
+        try:
+            self.sess = ort.InferenceSession(model.SerializeToString(),
+                                             _options(opt_level, threads),
+                                             providers=providers(device, int8=True))
+        except Exception as e:
+            raise QCompileError(f"model: ONNX Runtime cannot load {path}: "
+                                f"{str(e).splitlines()[0]}") from None
+        self.names = self.outputs + [t.name for t in self.tensors if t.name not in existing]
+        self.producers = {o: (op, ins) for _, op, outs, ins in self.nodes for o in outs}
+        self.version = ort.__version__
+
+    def kernel_of(self, name: str) -> str:
+        """The ORT kernel that produced tensor ``name``, looking through the layout
+        Transposes ORT adds to return NHWC tensors as NCHW graph outputs."""
+        op, ins = self.producers.get(name, ("?", []))
+        for _ in range(4):
+            if op != "Transpose" or not ins:
+                break
+            op, ins = self.producers.get(ins[0], (op, []))
+        return op.split(".")[-1]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self.sess.run(self.names, {self.input: x})))
