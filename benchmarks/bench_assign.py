@@ -4,7 +4,10 @@ Calibration (512 images) and the assign search (1,000 images) use cifar10_test_d
 is measured on the remaining images (both sets are recorded in the model metadata and left out
 by ``evaluate_model``). Drops are in points against FP32 on the same images.
 
-    python benchmarks/bench_assign.py [--model cifar10_resnet56] [--avg-bits 5]
+    python benchmarks/bench_assign.py [--model cifar10_resnet56] [--avg-bits 5] [--part int]
+
+``--part float`` (uniform float/posit PTQ on ResNet-20, MPFR fast engine): see
+:mod:`benchmarks.bench_assign_float`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ def main() -> None:
     ap.add_argument("--avg-bits", type=float, default=5.0)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", default="/tmp/bench_assign")
+    ap.add_argument("--part", choices=("int", "float", "all"), default="all")
+    ap.add_argument("--images", type=int, default=1000, help="float part: evaluation images")
     args = ap.parse_args()
+    if args.part in ("float", "all"):
+        from benchmarks.bench_assign_float import run_float
+
+        run_float(images=args.images)
+        if args.part == "float":
+            return
     d, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, npz = d / f"{args.model}.onnx", d / "cifar10_test_dev.npz"
@@ -39,7 +50,6 @@ def main() -> None:
              "ort-int8"),
             (f"mixed int4/int8 <= {args.avg_bits:g} bits", f"fold,calibrate,{assign}", "ort-int8")]
     results = []
-    mixed_rep = None
     for name, passes, target in rows:
         path = out / (name.split()[0].replace("/", "_") + ".onnx")
         t0 = time.perf_counter()
@@ -48,8 +58,6 @@ def main() -> None:
         secs = time.perf_counter() - t0
         results.append({"name": name, "path": str(path), "compile_s": round(secs, 1),
                         "report": rep})
-        if "assign" in passes:
-            mixed_rep = rep
     # evaluate every model on the images none of them saw (union of exclusions)
     import numpy as np
 
@@ -63,7 +71,7 @@ def main() -> None:
         excl = np.union1d(excl, calibration_indices(ModelRunner(r["path"]), ds))
     idx = np.setdiff1d(np.arange(len(ds)), excl)
     fp = None
-    print(f"| model | avg weight bits | top-1 (%) | drop (points) | compile s |\n|---|---|---|---|---|")
+    print("| model | avg weight bits | top-1 (%) | drop (points) | compile s |\n|---|---|---|---|---|")
     for r in results:
         ev = evaluate_model(r["path"], ds, indices=idx, latency=False)
         r["top1"] = ev["top1"]

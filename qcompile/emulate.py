@@ -71,7 +71,8 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
             passes: str | None = None, engine: str = "fast", verify: int = 0,
             dump: str | None = None, labels: str | None = None, batch: int = 32,
             fp32: bool = True, seed: int = 0, use_numba: bool = True,
-            log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+            log: Callable[[str], None] = lambda m: None, calib: str | None = None,
+            preset: str | None = None) -> dict[str, Any]:
     from qcompile.data import open_dataset, preprocess_from_options
     from qcompile.frontend import lift
 
@@ -79,14 +80,20 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         raise QCompileError("give exactly one of --image FILE or --data PATH")
     if verify < 0:
         raise QCompileError("--verify K: K must be >= 0")
+    if preset is not None:
+        from qcompile.presets import preset_pipeline
+
+        if passes:
+            raise QCompileError("--preset and --passes both given; use one")
+        passes = preset_pipeline(preset)
     t0 = time.perf_counter()
     graph = lift(model)
-    if passes:
-        from qcompile.passes import PassContext, parse_pipeline, run_pipeline
-
-        graph = run_pipeline(graph, parse_pipeline(passes), PassContext()).graph
-    load_s = time.perf_counter() - t0
     pre = preprocess_from_options(preprocess, size=size)
+    skip = np.zeros(0, np.int64)
+    float_graph = graph.clone() if passes else graph
+    if passes:  # FP32 (ORT) reference: the model as given (passes may insert FQ ops)
+        graph, skip = _run_passes(graph, passes, calib, data, pre, seed, log)
+    load_s = time.perf_counter() - t0
     ds = open_dataset(image if image is not None else data, pre, warn=log)
     stats = LayerStats(cfg)
     listeners: list = [stats]
@@ -105,7 +112,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     compile_s = time.perf_counter() - t1
     in_name = graph.inputs[0].name
     out_name = graph.outputs[0].name
-    sess = _fp32_session(graph) if fp32 else None
+    sess = _fp32_session(float_graph) if fp32 else None
     names = None
     results, seconds, fp32_s = [], 0.0, 0.0
     n_ok = n_ok32 = n_agree = n_lab = 0
@@ -115,7 +122,11 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     b0 = graph.inputs[0].type.shape[0] if graph.inputs[0].type.shape else None
     if isinstance(b0, int) and b0 > 0:  # a static batch dimension fixes the batch size
         batch = b0
-    for bt in ds.batches(batch, limit=lim):
+    eval_idx = None
+    if data is not None and skip.size:  # never evaluate on the calibration images
+        eval_idx = np.setdiff1d(np.arange(len(ds), dtype=np.int64), skip)
+        log(f"emulate: leaving out the {skip.size} calibration image(s) of {data}")
+    for bt in ds.batches(batch, limit=lim, indices=eval_idx):
         if dumper:
             dumper.start(int(bt.indices[0]), {in_name: bt.x})
         t, l0 = time.perf_counter(), interp.listener_seconds
@@ -167,3 +178,33 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     if dumper:
         rep["dump"] = dumper.finish()
     return rep
+
+
+def _run_passes(graph, passes: str, calib: str | None, data: str | None, pre, seed: int,
+                log: Callable[[str], None]):
+    """Run ``passes`` (with calibration data and the ORT executor when given); returns the graph
+    and the calibration indices to leave out of ``data`` (same file only)."""
+    import json
+
+    from qcompile.passes import PassContext, parse_pipeline, run_pipeline
+
+    ctx = PassContext(rng=np.random.default_rng(seed), log=log)
+    pipeline = parse_pipeline(passes)
+    needs = [p.name for p in pipeline if p.name in ("calibrate", "assign", "sensitivity",
+                                                      "adaround", "bias_correct")]
+    if needs and calib is None:
+        raise QCompileError(f"--passes: {needs[0]} needs calibration images; give --calib DATA "
+                            "(the images are left out of --data when it is the same file)")
+    if calib is not None:
+        from qcompile.backends.ort.executor import OrtExecutor
+        from qcompile.data import open_dataset
+
+        ctx.calib_data = open_dataset(calib, pre, warn=log)
+        ctx.executor = OrtExecutor()
+    graph = run_pipeline(graph, pipeline, ctx).graph
+    skip = np.zeros(0, np.int64)
+    rec = graph.metadata.get("qcompile.calibration")
+    if rec and data is not None and calib is not None and \
+            Path(calib).resolve() == Path(data).resolve():
+        skip = np.asarray(json.loads(rec).get("indices", []), np.int64)
+    return graph, skip

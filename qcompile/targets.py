@@ -79,6 +79,11 @@ def configure_pipeline(target: Target, text: str, *, cpu: str | None = None) -> 
     for p, keys in zip(pipeline, explicit, strict=True):
         opts = {k: v for k, v in defaults.get(p.name, {}).items() if k not in keys}
         out.append(dataclasses.replace(p, **opts) if opts else p)
+    for p in out:  # float/posit formats (qcompile.FQ ops) run on the MPFR backend only
+        if target.backend == "ort" and getattr(p, "float_mode", False):
+            raise OptionError(f"target {target.name}: {p.spec()} rounds into float/posit "
+                              "formats, which ONNX Runtime cannot run; use `qcompile emulate` "
+                              "(MPFR backend) with --preset/--passes, or int4/int8 formats")
     return defer_to_anchor(out)
 
 

@@ -3,7 +3,10 @@
 Ops not listed here are *opaque*: lifted, carried through passes untouched and lowered as they
 came. ``qcompile.QDQ(x, scale, zero_point){bits, signed, axis}`` is our own quantise-dequantise
 op: ``y = (clamp(round(x / scale) + zp, qmin, qmax) - zp) * scale`` with the rounding and range
-defined in ``qcompile.numerics``.
+defined in ``qcompile.numerics``. ``qcompile.FQ(x[, scale]){format, rounding, saturate, axis}``
+rounds a tensor into a float or posit format: ``y = round_F(x / scale) * scale`` (``format`` is a
+spec string such as ``e4m3``, ``bf16``, ``posit8_1`` or ``p=..,emin=..,emax=..``; maths and exact
+semantics in ``qcompile.numerics.fq``). Only the MPFR backend runs FQ; ORT refuses it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ ONNX_OPS: dict[str, OpSchema] = {
 
 QCOMPILE_OPS: dict[str, OpSchema] = {
     "QDQ": _S(3, 3, 1, 1, ("bits", "signed")),
+    "FQ": _S(1, 2, 1, 1, ("format",)),
 }
 
 

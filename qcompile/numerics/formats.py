@@ -468,3 +468,36 @@ def parse_format(spec: "str | FloatFormat") -> FloatFormat:
     if "=" in s:
         return _parse_custom(s)
     return FloatFormat.named(s)
+
+
+# ------------------------------------------------------------------ every number format
+FAMILIES = ("int2/int4/int8/int16 (uint4/uint8/uint16)", "fp32/fp16/bf16/e5m2/e4m3/e2m1 (fp4)",
+            "bNeE (e.g. b12e4)", "p=..,emin=..,emax=..[,subnormal=on|off]",
+            "positN_ES (e.g. posit8_1, posit(16,1))")
+
+
+def parse_any(spec: str):
+    """One parser for every format name: an integer :class:`~qcompile.numerics.quant.QType`
+    (``int4``, ``uint8``), a :class:`FloatFormat` or a :class:`~qcompile.numerics.posit.PositFormat`.
+    FormatError (one line, listing the families) otherwise."""
+    from qcompile.numerics import quant
+    from qcompile.numerics.posit import is_posit_spec, parse_posit
+
+    s = str(spec).strip().lower()
+    if s in quant.QTYPES:
+        return quant.QTYPES[s]
+    if is_posit_spec(s):
+        try:
+            return parse_posit(s)
+        except ValueError as e:
+            raise _fail(str(e)) from None
+    try:
+        return parse_format(s)
+    except FormatError:
+        raise _fail(f"unknown number format {spec!r}; valid families: "
+                    + "; ".join(FAMILIES)) from None
+
+
+def format_bits(fmt) -> int | None:
+    """Storage bits of any format from :func:`parse_any` (None: custom float, no encoding)."""
+    return fmt.bits

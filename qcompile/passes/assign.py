@@ -27,6 +27,12 @@ Policies (``keep`` layers - ``first``, ``last`` or node names - always get the w
 
 The front, the choice and the measured accuracies are logged and stored in the model metadata
 ``qcompile.assign``.
+
+Float and posit formats (``weights=e4m3``, ``bf16``, ``b12e4``, ``posit8_1``, ...; one weight format,
+``activations`` a float/posit format too, defaulting to the weights' format): policies ``uniform``
+and ``first-last`` insert explicit ``qcompile.FQ`` ops with amax scaling
+(:mod:`qcompile.passes.assign_float`); kept layers stay in the backend's arithmetic format. Such
+graphs run on the MPFR backend (``qcompile emulate``); the ORT backend refuses them.
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from qcompile.errors import OptionError, QCompileError
-from qcompile.ir import Graph
+from qcompile.ir import QCOMPILE_DOMAIN, Graph
 from qcompile.numerics import quant
 from qcompile.passes import checks
-from qcompile.passes.base import Pass, PassContext, PassResult, Stats
+from qcompile.passes.assign_float import float_layers, insert_formats, is_int_spec, parse_fq
+from qcompile.passes.base import Check, Pass, PassContext, PassResult, Stats
 from qcompile.passes.precision import HeldOut, Layer, avg_bits, set_weight_format, weight_layers
 from qcompile.passes.quantize import Quantize
 from qcompile.passes.sensitivity import int_weight_type, layer_sensitivity, quantised_base
@@ -51,6 +58,16 @@ class BudgetError(QCompileError):
     """No assignment meets the budget; the message states the best reachable points."""
 
 
+def _formats_assigned(graph: Graph) -> str | None:
+    if any(n.domain == QCOMPILE_DOMAIN and n.op in ("QDQ", "FQ") for n in graph.nodes):
+        return None
+    return "the graph has no qcompile.QDQ or qcompile.FQ node"
+
+
+# same name as checks.quantized (what later passes require), also satisfied by FQ ops
+formats_assigned = Check("quantized", _formats_assigned, "QDQ or FQ nodes are present")
+
+
 @dataclass(frozen=True)
 class Assign(Pass):
     """Per-layer weight formats (uniform, first-last or a budgeted search) + QDQ insertion."""
@@ -58,11 +75,11 @@ class Assign(Pass):
     name = "assign"
     summary = "per-layer weight formats: uniform | first-last | budget (avg_bits/size_mb/max_drop)"
     requires = (checks.bn_folded, checks.calibrated)
-    ensures = (checks.quantized,)
+    ensures = (formats_assigned,)
 
     policy: Literal["uniform", "first-last", "budget"] = "budget"
     weights: tuple[str, ...] = ("int4", "int8")
-    activations: Literal["uint8", "int8", "uint16", "int16"] = "uint8"
+    activations: str = ""  # uint8 for integer weights, the weights' format for float ones
     reduce_range: bool = False
     avg_bits: float | None = None
     size_mb: float | None = None
@@ -73,13 +90,32 @@ class Assign(Pass):
     sens_images: int = 500
     seed: int = 0
     cache: str = ""
+    scaling: Literal["amax", "none"] = "amax"
+
+    @property
+    def float_mode(self) -> bool:
+        """Float/posit formats (FQ ops) rather than integer QDQ."""
+        return any(not is_int_spec(w) for w in self.weights) or bool(
+            self.activations and not is_int_spec(self.activations))
+
+    @property
+    def act_format(self) -> str:
+        if self.activations:
+            return self.activations
+        return self.weights[0] if self.float_mode else "uint8"
 
     def __post_init__(self) -> None:
         where = f"pass '{self.name}'"
         if not self.weights:
             raise OptionError(f"{where}: weights= needs at least one format, e.g. int4,int8")
+        if self.float_mode:
+            self._check_float(where)
+            return
         for w in self.weights:
             int_weight_type(w, where)
+        if self.act_format not in ("uint8", "int8", "uint16", "int16"):
+            raise OptionError(f"{where}: activations={self.act_format!r}: integer activations "
+                              "are uint8, int8, uint16 or int16")
         budget = [k for k in ("avg_bits", "size_mb", "max_drop") if getattr(self, k) is not None]
         if self.policy != "budget" and budget:
             raise OptionError(f"{where}: {', '.join(budget)} apply to policy=budget only")
@@ -94,11 +130,28 @@ class Assign(Pass):
         if self.images < 1 or self.sens_images < 1:
             raise OptionError(f"{where}: images and sens_images must be >= 1")
 
+    def _check_float(self, where: str) -> None:
+        if self.policy == "budget":
+            raise OptionError(f"{where}: policy=budget searches integer formats; float/posit "
+                              "formats take policy=uniform or first-last")
+        if len(self.weights) != 1:
+            raise OptionError(f"{where}: float/posit weights take one format (got "
+                              f"{','.join(self.weights)}); kept layers stay in the arithmetic "
+                              "format")
+        for w in (*self.weights, self.act_format):
+            if is_int_spec(w):
+                raise OptionError(f"{where}: {w} mixed with float/posit formats; use integer "
+                                  "formats for both weights and activations (ORT) or float/"
+                                  "posit formats for both (MPFR backend)")
+            parse_fq(w, where)
+
     # -----------------------------------------------------------------------------------------
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if self.float_mode:
+            return self._run_float(graph, ctx)
         st = Stats()
         fmts = sorted({int_weight_type(w, self.name) for w in self.weights}, key=lambda q: q.bits)
-        q = replace(Quantize(), activations=self.activations, reduce_range=self.reduce_range)
+        q = replace(Quantize(), activations=self.act_format, reduce_range=self.reduce_range)
         float_graph = graph.clone()
         res = q.run(graph, ctx)
         for note in res.notes:
@@ -136,10 +189,35 @@ class Assign(Pass):
                 st.count(k, v)
         return st.result(graph, True)
 
+    def _run_float(self, graph: Graph, ctx: PassContext) -> PassResult:
+        st = Stats()
+        nodes = float_layers(graph)
+        if not nodes:
+            st.skip("no_layers", "graph", "no Conv/Gemm/MatMul with a constant float weight")
+            return st.result(graph, False)
+        layers = [Layer(n.name, n.op, int(n.inputs[1].const.size), 32) for n in nodes]
+        kept = self._keep(layers)
+        if self.policy == "first-last":
+            kept |= self._keep(layers, ("first", "last"))
+        config = insert_formats(graph, nodes, kept, self.weights[0], self.act_format,
+                                self.scaling, st)
+        report = {"policy": self.policy, "weights": self.weights[0],
+                  "activations": self.act_format, "scaling": self.scaling,
+                  "avg_weight_bits": round(avg_bits(layers, config), 4),
+                  "kept": sorted(kept)}
+        graph.metadata[REPORT_KEY] = json.dumps(report, separators=(",", ":"))
+        ctx.log(f"assign: {self.policy}: weights {self.weights[0]}, activations "
+                f"{self.act_format} ({self.scaling} scaling) on {len(nodes) - len(kept)} layers, "
+                f"kept {len(kept)} in the arithmetic format; average weight bits "
+                f"{report['avg_weight_bits']:.3f}")
+        return st.result(graph, True)
+
     def _keep(self, layers: list[Layer], tokens: tuple[str, ...] | None = None) -> set[str]:
         out: set[str] = set()
         names = {la.name for la in layers}
         for t in self.keep if tokens is None else tokens:
+            if t == "none":
+                continue
             if t == "first":
                 out.update(la.name for la in layers[:1])
             elif t == "last":

@@ -107,7 +107,8 @@ def test_options_are_checked():
     with pytest.raises(OptionError, match="policy=budget only"):
         parse_pipeline("assign{policy=uniform,avg_bits=4}")
     with pytest.raises(OptionError, match="int4, int8 or int16"):
-        parse_pipeline("assign{policy=uniform,weights=e4m3}")
+        parse_pipeline("assign{policy=uniform,weights=uint4}")
+    parse_pipeline("assign{policy=uniform,weights=e4m3}")  # float formats: test_assign_float
 
 
 def test_sensitivity_pass_reports_every_layer(data, tmp_path):

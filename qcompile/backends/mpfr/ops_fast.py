@@ -7,6 +7,7 @@ import numpy as np
 
 from qcompile.backends.base import OpTable
 from qcompile.backends.mpfr import common as cm
+from qcompile.numerics import fastfp
 
 FAST: OpTable = OpTable("mpfr-fast")
 _F64 = np.float64
@@ -24,6 +25,17 @@ def conv(E, x, w, b=None, *, strides=None, pads=None, dilations=None, group=1,
     s, d, p, _ = cm.conv_geometry(x.shape, w.shape[2:], strides=strides, pads=pads,
                                   dilations=dilations, auto_pad=auto_pad)
     return (E.A.conv2d(x, w, b, s, p, d, int(group)),)
+
+
+@FAST.register("ConvTranspose")
+def conv_transpose(E, x, w, b=None, *, strides=None, pads=None, dilations=None, group=1,
+                   kernel_shape=None, output_padding=None, output_shape=None,
+                   auto_pad="NOTSET"):
+    s, d, begin, out_hw = cm.conv_transpose_geometry(
+        x.shape, w.shape, strides=strides, pads=pads, dilations=dilations,
+        output_padding=output_padding, output_shape=output_shape, auto_pad=auto_pad,
+        kernel_shape=kernel_shape)
+    return (E.A.conv_transpose2d(x, w, b, s, d, begin, out_hw, int(group)),)
 
 
 def _matmul2d(E, a, b, bias=None):
@@ -58,6 +70,37 @@ def batchnorm(E, x, scale, bias, mean, var, *, epsilon=1e-5, momentum=0.9,
     shp = (1, -1) + (1,) * (x.ndim - 2)
     y = A.div(A.sub(x, mean.reshape(shp)), s.reshape(shp))
     return (A.add(A.mul(y, scale.reshape(shp)), bias.reshape(shp)),)
+
+
+@FAST.register("InstanceNormalization")
+def instance_norm(E, x, scale, bias, *, epsilon=1e-5):
+    """Per (n, c) over the spatial positions in row-major order: mean = (sum from +0) / count;
+    var = dot(x - mean, x - mean) / count (the ``--accumulate`` rule, like Conv);
+    y = ((x - mean) / sqrt(var + eps)) * scale + B, left to right."""
+    A = E.A
+    N, C = x.shape[:2]
+    flat = x.reshape(N, C, -1)
+    K = flat.shape[2]
+    cnt = E.convert(np.full((N, C), float(K)))
+    acc = np.zeros((N, C))
+    for i in range(K):
+        acc = A.add(acc, flat[:, :, i])
+    mean = A.div(acc, cnt)
+    dev = A.sub(flat, mean[:, :, None])
+    if A.accumulate == "exact":
+        ss = np.array([fastfp.dot(r, r, A.fmt, A.mode, "exact", check_inputs=False)
+                       for r in dev.reshape(N * C, K)], _F64).reshape(N, C)
+    else:
+        ss = np.zeros((N, C))
+        for i in range(K):
+            ss = fastfp.mac_step(ss, dev[:, :, i], dev[:, :, i], A.fmt, A.mode, A.accumulate)
+    var = A.div(ss, cnt)
+    eps = E.convert(np.asarray(epsilon, _F64))
+    sd = A.sqrt(A.add(var, np.broadcast_to(eps, var.shape)))
+    y = A.div(dev, sd[:, :, None])
+    y = A.add(A.mul(y, np.broadcast_to(scale[None, :, None], y.shape)),
+              np.broadcast_to(bias[None, :, None], y.shape))
+    return (y.reshape(x.shape),)
 
 
 @FAST.register("Add")
@@ -214,3 +257,11 @@ def _drop_engine(fn):
 
 
 register_data_ops(FAST)
+
+from qcompile.backends.mpfr import ops_formats as _fq  # noqa: E402  (qcompile.FQ kernels)
+
+_fq.register(FAST, _fq.fq_fast)
+
+from qcompile.backends.mpfr import ops_qdq as _ops_qdq  # noqa: E402  (quantised kernels, #7)
+
+_ops_qdq.register(FAST)

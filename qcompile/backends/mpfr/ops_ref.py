@@ -73,6 +73,39 @@ def conv(E, x, w, b=None, *, strides=None, pads=None, dilations=None, group=1,
     return _full((N, OC, OH, OW), elem, sample)
 
 
+@REF.register("ConvTranspose")
+def conv_transpose(E, x, w, b=None, *, strides=None, pads=None, dilations=None, group=1,
+                   kernel_shape=None, output_padding=None, output_shape=None,
+                   auto_pad="NOTSET", sample=None):
+    N, C, H, W = x.shape
+    _, ocg, KH, KW = w.shape
+    (sh, sw), (dh, dw), (pt, pl), (OH, OW) = cm.conv_transpose_geometry(
+        x.shape, w.shape, strides=strides, pads=pads, dilations=dilations,
+        output_padding=output_padding, output_shape=output_shape, auto_pad=auto_pad,
+        kernel_shape=kernel_shape)
+    Cg = C // int(group)
+    xl, wl = x.tolist(), w.tolist()
+    dot = E.A.dot
+
+    def elem(i):
+        n, oc, oy, ox = i
+        g, j = divmod(oc, ocg)
+        xs, ws = [], []
+        for c in range(g * Cg, (g + 1) * Cg):  # (input channel, kernel row, kernel column)
+            for ky in range(KH):
+                ty = oy + pt - ky * dh  # = iy * sh when input row iy feeds this output row
+                if ty < 0 or ty % sh or ty // sh >= H:
+                    continue
+                for kx in range(KW):
+                    tx = ox + pl - kx * dw
+                    if tx >= 0 and tx % sw == 0 and tx // sw < W:
+                        xs.append(xl[n][c][ty // sh][tx // sw])
+                        ws.append(wl[c][j][ky][kx])
+        return dot(xs, ws, None if b is None else b[oc])
+
+    return _full((N, ocg * int(group), OH, OW), elem, sample)
+
+
 def _mm(E, a, b, bias, sample, bias_first):
     M, K = a.shape
     N = b.shape[1]
@@ -113,6 +146,34 @@ def batchnorm(E, x, scale, bias, mean, var, *, epsilon=1e-5, momentum=0.9, train
     def elem(i):
         c = i[1]
         return A.add(A.mul(A.div(A.sub(x[i], mean[c]), s[c]), scale[c]), bias[c])
+
+    return _full(x.shape, elem, sample)
+
+
+@REF.register("InstanceNormalization")
+def instance_norm(E, x, scale, bias, *, epsilon=1e-5, sample=None):
+    A = E.A
+    N, C = x.shape[:2]
+    flat = x.reshape(N, C, -1)
+    cnt = E.C.round(float(flat.shape[2]))
+    eps = E.C.round(float(np.float64(epsilon)))
+    stats: dict = {}
+
+    def moments(n, c):  # (mean, sqrt(var + eps)) of one instance, computed once
+        if (n, c) not in stats:
+            acc = _POS0
+            for v in flat[n, c]:  # row-major order
+                acc = A.add(acc, v)
+            mean = A.div(acc, cnt)
+            dev = [A.sub(v, mean) for v in flat[n, c]]
+            var = A.div(A.dot(dev, dev), cnt)
+            stats[n, c] = (mean, A.sqrt(A.add(var, eps)))
+        return stats[n, c]
+
+    def elem(i):
+        n, c = i[0], i[1]
+        mean, sd = moments(n, c)
+        return A.add(A.mul(A.div(A.sub(x[i], mean), sd), scale[c]), bias[c])
 
     return _full(x.shape, elem, sample)
 
@@ -248,3 +309,11 @@ def pad(E, x, pads, value=None, axes=None, *, mode="constant", sample=None):
 
 
 register_data_ops(REF)
+
+from qcompile.backends.mpfr import ops_formats as _fq  # noqa: E402  (qcompile.FQ kernels)
+
+_fq.register(REF, _fq.fq_ref)
+
+from qcompile.backends.mpfr import ops_qdq_ref as _ops_qdq_ref  # noqa: E402  (quantised, #7)
+
+_ops_qdq_ref.register(REF)

@@ -27,6 +27,9 @@ A = onnx.AttributeProto
 
 def lower(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
     """Build a ModelProto from ``graph``; raise UnsupportedOpError listing every unlowerable op."""
+    from qcompile.backends.ort.rules import refuse_float_formats
+
+    refuse_float_formats(graph)
     LOWER.check(graph.nodes)
     ctx = LoweringContext(graph)
     for node in graph.nodes:

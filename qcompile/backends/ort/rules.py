@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from qcompile.backends.base import OpTable
+from qcompile.errors import QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN, Graph, Node
 
 
@@ -47,3 +48,22 @@ def _fallback(node: Node) -> Rule | None:
 
 
 LOWER: OpTable[Rule] = OpTable("ort", fallback=_fallback)
+
+
+class FloatFormatError(QCompileError):
+    """The graph rounds tensors into float/posit formats (``qcompile.FQ``) ONNX Runtime lacks."""
+
+
+def refuse_float_formats(graph: Graph) -> None:
+    """One-line error naming every ``qcompile.FQ`` node and its format, before any lowering:
+    ONNX Runtime runs integer formats (QDQ) only; float/posit formats run on the MPFR backend."""
+    fq = [n for n in graph.nodes if n.domain == QCOMPILE_DOMAIN and n.op == "FQ"]
+    if not fq:
+        return
+    fmts = sorted({str(n.attrs.get("format", "?")) for n in fq})
+    shown = ", ".join(f"{n.name} ({n.attrs.get('format', '?')})" for n in fq[:4])
+    more = f" and {len(fq) - 4} more" if len(fq) > 4 else ""
+    raise FloatFormatError(
+        f"the ORT backend runs integer formats only; {len(fq)} node(s) round into float/posit "
+        f"format(s) {', '.join(fmts)}: {shown}{more}; run the model with `qcompile emulate` "
+        "(the MPFR backend) or choose int4/int8 formats")

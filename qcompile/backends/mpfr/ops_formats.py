@@ -1,0 +1,122 @@
+"""Kernels of ``qcompile.FQ`` (round a tensor into a float/posit format) for both MPFR engines.
+
+Semantics (:mod:`qcompile.numerics.fq`): ``q = round_F(x / s)`` of the exact quotient, then
+``y = round_A(q * s)`` into the arithmetic format ``A`` of the run (with no scale, or a scale of
+1, ``y = round_A(q)``). The scale is a graph constant, so it has already been converted into the
+conversion format like every other constant; both engines see the same value.
+
+* fast: ``fq_round`` (vectorised, exact: ``fastfp.div`` for floats, a round-to-odd quotient for
+  posits) and ``fastfp.mul`` / ``fastfp.round_to`` into ``A``;
+* reference: gmpy2 per element - MPFR division in ``F``'s context for floats, the exact
+  rational posit rounding of ``posit_ref`` for posits, MPFR multiplication into ``A``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from qcompile.backends.mpfr.common import KernelError
+from qcompile.numerics import fastfp
+from qcompile.numerics.formats import FormatError, Rounding
+from qcompile.numerics.fq import check_scale, fq_format, fq_round
+from qcompile.numerics.posit import PositFormat
+
+_F64 = np.float64
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@functools.lru_cache(maxsize=128)
+def _fmt(spec: str, saturate: bool):
+    try:
+        return fq_format(spec, saturate=saturate)
+    except FormatError as e:
+        raise KernelError(f"FQ: {e}") from None
+
+
+def _parse(format, rounding, saturate):  # noqa: A002 (attribute name)
+    fmt = _fmt(_s(format), bool(int(saturate)))
+    try:
+        mode = Rounding.parse(_s(rounding))
+    except FormatError as e:
+        raise KernelError(f"FQ: {e}") from None
+    if isinstance(fmt, PositFormat) and mode is not Rounding.NEAREST:
+        raise KernelError(f"FQ: {fmt} rounds to nearest only (got rounding={mode.value})")
+    return fmt, mode
+
+
+def _scale_shape(x_shape, s: np.ndarray, axis):
+    if s.size == 1:
+        return s.reshape(())
+    if axis is None:
+        raise KernelError(f"FQ: a scale of {s.size} values needs an axis attribute")
+    ax = int(axis) % len(x_shape)
+    if x_shape[ax] != s.size:
+        raise KernelError(f"FQ: scale has {s.size} values, axis {axis} has {x_shape[ax]}")
+    shp = [1] * len(x_shape)
+    shp[ax] = s.size
+    return s.reshape(shp)
+
+
+def fq_fast(E, x, scale=None, *, format, rounding="nearest", saturate=1, axis=None):  # noqa: A002
+    fmt, mode = _parse(format, rounding, saturate)
+    x = np.asarray(x, _F64)
+    s = np.ones((), _F64) if scale is None else _scale_shape(x.shape, np.asarray(scale, _F64), axis)
+    try:
+        check_scale(s)
+    except FormatError as e:
+        raise KernelError(f"FQ: {e} (after conversion into the run's conversion format)") from None
+    q = fq_round(x, s, fmt, mode)
+    A = E.A
+    if np.all(s == 1.0):
+        return (fastfp.round_to(q, A.fmt, A.mode),)
+    return (fastfp.mul(q, np.broadcast_to(s, q.shape), A.fmt, A.mode),)
+
+
+def fq_ref(E, x, scale=None, *, format, rounding="nearest", saturate=1, axis=None,  # noqa: A002
+           sample=None):
+    import gmpy2
+
+    from qcompile.backends.mpfr.ref import exact
+    from qcompile.numerics import mpfr_ref as R
+    from qcompile.numerics.posit_ref import decode_exact, round_exact
+
+    fmt, mode = _parse(format, rounding, saturate)
+    x = np.asarray(x, object)
+    s = np.full((), 1.0, object) if scale is None else _scale_shape(
+        x.shape, np.asarray(scale, object), axis)
+    s = np.broadcast_to(s, x.shape)
+    A = E.A
+
+    def one(i):
+        xv, sv = x[i], s[i]
+        sf = float(sv)
+        if not (sf > 0 and gmpy2.is_finite(sv)):
+            raise KernelError("FQ: FQ scales must be positive and finite")
+        if isinstance(fmt, PositFormat):
+            if gmpy2.is_nan(xv) or gmpy2.is_infinite(xv):
+                q = gmpy2.mpfr("nan")
+            elif xv == 0:
+                q = exact(0.0)
+            else:
+                z = gmpy2.mpq(xv) / gmpy2.mpq(sv)
+                q = exact(float(decode_exact(round_exact(z, fmt), fmt)))
+        else:
+            q = exact(R.ref_div(xv, sv, fmt, mode))
+        return A.round(q) if sf == 1.0 else A.mul(q, sv)
+
+    if sample is not None:
+        return [one(tuple(i)) for i in sample]
+    out = np.empty(x.shape, object)
+    for i in np.ndindex(*x.shape):
+        out[i] = one(i)
+    return (out,)
+
+
+def register(table, kernel) -> None:
+    """Register ``kernel`` as ``qcompile.FQ`` in ``table`` (called from ops_fast / ops_ref)."""
+    table.register("FQ", "qcompile")(kernel)
