@@ -12,11 +12,27 @@ number of images. Then ``meta[RANGE] = Range(lo, hi, method)`` with
 
 Observed values: graph inputs and node outputs of float type, except a value whose only use is a
 Relu/Clip (that activation is fused into its producer when quantised, so only its output is
-quantised). Images: ``min(images, len(data))`` drawn with ``Dataset.split(images, seed)`` (a
-seeded permutation), so a fixed seed gives the same images and ranges; the indices are logged
-and recorded in the graph metadata ``qcompile.calibration`` (ONNX ``metadata_props``), so that
-evaluation can leave them out. ``ctx.calib_data`` may also be any iterable of feeds (arrays for
-a one-input graph, or dicts name -> array); then the first ``images`` rows are used.
+quantised). Images: ``take = min(images, len(data))`` chosen by ``select`` (maths in
+:mod:`qcompile.data.select`), deterministic for a ``seed``:
+
+* ``random`` (default): ``Dataset.split(take, seed)``, a seeded permutation's first ``take``;
+* ``stratified``: round-robin over the classes (class order and per-class order shuffled by
+  the seed), so every class appears once ``take >= #classes``; without labels it falls back
+  to ``random`` and says so in the stats notes;
+* ``diverse``: feature-space coverage. A candidate pool of ``min(n, 4*take)`` images is drawn
+  (stratified when labelled, else random), each candidate gets a feature vector ``f`` - the
+  FP32 model's classifier input (the activation entering the last Gemm/MatMul, i.e. the
+  global-pooled features), else the last GlobalAveragePool output, else the image downsampled
+  to <= 8x8 per channel - run through ``ctx.executor``; then greedy k-center (farthest point,
+  a 2-approximation of ``min_S max_i min_{s in S} ||f_i - f_s||`` on z-scored features) picks
+  ``take``, starting from one image per class (labelled, ``take >= #classes``) or one seeded
+  random image. The stats notes name the feature and the coverage radius against a random set.
+
+The indices are logged and recorded (with ``select``) in the graph metadata
+``qcompile.calibration`` (ONNX ``metadata_props``), so that evaluation can leave them out and
+the layer-wise passes (adaround, bias_correct, ...) reuse a non-random selection.
+``ctx.calib_data`` may also be any iterable of feeds (arrays for a one-input graph, or dicts
+name -> array); then the first ``images`` rows are used and ``select`` does not apply.
 """
 
 from __future__ import annotations
@@ -28,10 +44,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from qcompile.data.select import SELECT_MODES
 from qcompile.errors import OptionError, QCompileError
 from qcompile.ir import RANGE, Graph, Range, Value
 from qcompile.numerics.observers import make_observer
 from qcompile.passes import checks
+from qcompile.passes._select import choose_images
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 
 METADATA_KEY = "qcompile.calibration"
@@ -56,6 +74,7 @@ class Calibrate(Pass):
     bins: int = 2048
     bits: int = 8
     seed: int = 0
+    select: Literal["random", "stratified", "diverse"] = "random"
 
     def __post_init__(self) -> None:
         if self.images < 1:
@@ -66,6 +85,9 @@ class Calibrate(Pass):
             raise OptionError(f"pass 'calibrate': bins={self.bins} must be a power of two >= 16")
         if not 0 < self.percentile <= 100:
             raise OptionError(f"pass 'calibrate': percentile={self.percentile} must be in (0, 100]")
+        if self.select not in SELECT_MODES:
+            raise OptionError(f"pass 'calibrate': select={self.select!r} is not one of "
+                              f"{', '.join(SELECT_MODES)}")
         if self.bits not in (4, 8, 16):
             raise OptionError(f"pass 'calibrate': bits={self.bits} must be 4, 8 or 16")
 
@@ -83,6 +105,9 @@ class Calibrate(Pass):
         observers = {v: make_observer(self.method, self.bins) for v in values}
         feeds, total, info = self._feeds(graph, ctx)
         ctx.log(info["log"])
+        st.notes.extend(info.get("notes", ()))
+        if info.get("classes") is not None:
+            st.count("classes_covered", info["classes"])
         bar = ctx.progress(total=total, desc="calibrate") if ctx.progress else None
         seen = 0
         try:
@@ -111,7 +136,8 @@ class Calibrate(Pass):
                ) -> tuple[Iterator[tuple[dict[str, np.ndarray], int]], int, dict[str, Any]]:
         data = ctx.calib_data
         inputs = [v for v in graph.inputs]
-        record: dict[str, Any] = {"method": self.method, "seed": self.seed}
+        record: dict[str, Any] = {"method": self.method, "seed": self.seed,
+                                  "select": self.select}
         if hasattr(data, "batches") and hasattr(data, "split"):
             n = len(data)
             if n == 0:
@@ -121,12 +147,15 @@ class Calibrate(Pass):
                 raise CalibrationError(f"the model has {len(inputs)} inputs; image "
                                        "calibration data feeds exactly one")
             take = min(self.images, n)
-            idx, _ = data.split(take, seed=self.seed)
-            record.update(source=str(data.source), size=n, indices=[int(i) for i in idx])
+            order, notes = choose_images(self, graph, ctx, take)
+            idx = np.sort(order)  # read front to back; the record keeps the selection order
+            labels = getattr(data, "labels", None)
+            classes = None if labels is None else int(np.unique(labels[idx]).size)
+            record.update(source=str(data.source), size=n, indices=[int(i) for i in order])
             files = getattr(data, "files", None)
             shown = ", ".join(str(i) for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
             log = (f"calibrate: {take} of {n} images from {data.source} (seed {self.seed}, "
-                   f"method {self.method}): indices {shown}"
+                   f"select {self.select}, method {self.method}): indices {shown}"
                    + (f"; first file {files[int(idx[0])]}" if files else "")
                    + f"; full list in model metadata {METADATA_KEY!r}")
             name = inputs[0].name
@@ -136,7 +165,8 @@ class Calibrate(Pass):
                     _check_shape(inputs[0], b.x, data.source)
                     yield {name: b.x}, len(b.x)
 
-            return gen(), take, {"log": log, "record": record, "source": data.source}
+            return gen(), take, {"log": log, "record": record, "source": data.source,
+                                 "notes": notes, "classes": classes}
         items = list(data)[: self.images]  # in-memory feeds: the first `images` feeds
         record.update(source="<in-memory feeds>", size=len(items))
 
@@ -147,7 +177,10 @@ class Calibrate(Pass):
                 yield feed, int(np.shape(first)[0]) if np.ndim(first) else 1
 
         log = f"calibrate: {len(items)} in-memory feed(s) (method {self.method})"
-        return gen_items(), len(items), {"log": log, "record": record,
+        notes = [] if self.select == "random" else [
+            f"select: {self.select} needs a dataset (--calib PATH); in-memory feeds are used "
+            "in order (the first images)"]
+        return gen_items(), len(items), {"log": log, "record": record, "notes": notes,
                                          "source": "<in-memory feeds>"}
 
 

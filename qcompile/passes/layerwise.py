@@ -154,7 +154,11 @@ def calibration_inputs(graph: Graph, ctx: PassContext, images: int, seed: int,
         raise LayerwiseError("no calibration data; give --calib PATH")
     name = graph.inputs[0].name
     if hasattr(data, "split") and hasattr(data, "batches"):
-        idx, _ = data.split(min(images, len(data)), seed=seed)
+        from qcompile.passes._select import recorded_selection  # calibrate{select=...} images
+
+        idx = recorded_selection(graph, data, images)
+        if idx is None:
+            idx, _ = data.split(min(images, len(data)), seed=seed)
         feeds = [{name: b.x} for b in data.batches(batch, indices=idx)]
     elif hasattr(data, "batches"):
         feeds = [{name: b.x} for b in data.batches(batch, limit=images)]
