@@ -91,6 +91,11 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="print the pass report as JSON"),
     cpu: Optional[str] = typer.Option(None, "--cpu", help="ort-int8: vnni|avx2|arm|generic "
                                       "(default: detected from /proc/cpuinfo)"),
+    report_md: Optional[str] = typer.Option(None, "--report", help="also write the per-layer SQNR "
+                                         "report after each pass to REPORT.md and its plot "
+                                         "to REPORT.png (evaluated on --calib images not "
+                                         "used for calibration; `qcompile report` has more "
+                                         "options)"),
 ) -> None:
     """Lift MODEL, run the pass pipeline, lower to TARGET and write OUTPUT.
 
@@ -105,6 +110,7 @@ def run(
 
       qcompile run ../shared/data/cifar10_resnet20.onnx --preset w4a8 --target ort-int8
       --calib ../shared/data/cifar10_test_dev.npz --preprocess cifar -o r20_w4a8.onnx
+      --report r20_w4a8.md
     """
     from qcompile.pipeline import compile_model
     from qcompile.presets import preset_pipeline
@@ -117,10 +123,27 @@ def run(
     if not out.parent.exists():
         raise QCompileError(f"output: folder {out.parent} does not exist; create it or choose "
                             "another -o path")
+    recorder, plot = None, None
+    if report_md is not None:
+        from qcompile.pass_report import StageRecorder, check_output_path
+
+        if calib is None:
+            raise QCompileError("--report needs --calib (the report is evaluated on the "
+                                "calibration source's images not used for calibration)")
+        plot = str(Path(report_md).with_suffix(".png"))
+        check_output_path(report_md)
+        recorder = StageRecorder()
+    log = lambda m: typer.echo(m, err=True)  # noqa: E731
     report = compile_model(model, output, passes=passes, target=target, calib=calib,
                            preprocess=preprocess, print_after=print_after, dump_dir=dump_dir,
-                           seed=seed, log=lambda m: typer.echo(m, err=True), cpu=cpu,
-                           progress=_progress)
+                           seed=seed, log=log, cpu=cpu, progress=_progress,
+                           extra_instruments=[recorder] if recorder is not None else [])
+    if recorder is not None:
+        from qcompile.pass_report import finish_report, write_outputs
+
+        write_outputs(finish_report(recorder, calib=calib, preprocess=preprocess,
+                                    progress=_progress, log=log), markdown=report_md, png=plot)
+        log(f"wrote {report_md} and {plot}")
     if as_json:
         _echo_json(report)
         return
@@ -279,6 +302,11 @@ def emulate(
     size: Optional[int] = typer.Option(None, "--size", help="resize images to SxS"),
     passes: Optional[str] = typer.Option(None, "--passes", "-p", help="pipeline to run first, "
                                          "e.g. fold"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="a float/posit preset, e.g. "
+                                         "fl-e4m3 (`qcompile passes --presets`); needs --calib"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="calibration images for "
+                                        "calibrate/assign in --passes/--preset (left out of "
+                                        "--data when the same file)"),
     engine: str = typer.Option("fast", "--engine", help="fast|reference"),
     rounding: Optional[str] = typer.Option(None, "--rounding", help="arithmetic rounding: "
                                            "nearest|up|down|zero|away"),
@@ -301,6 +329,8 @@ def emulate(
       qcompile emulate ../shared/data/cifar10_resnet20.onnx --format e4m3 --data ../shared/data/cifar10_test_dev.npz --preprocess cifar --limit 200
 
       qcompile emulate r18.onnx --compat qresnet --image tiger128.jpg --preprocess imagenet --size 128 --verify 20
+
+      qcompile emulate ../shared/data/cifar10_resnet20.onnx --format fp32 --preset fl-e4m3 --calib ../shared/data/cifar10_test_dev.npz --data ../shared/data/cifar10_test_dev.npz --preprocess cifar --limit 200
     """
     from qcompile.backends.mpfr.config import make_config
     from qcompile.emulate import emulate as run_emulation
@@ -309,7 +339,8 @@ def emulate(
                       rounding=rounding, convert_rounding=convert_rounding, accumulate=accumulate)
     rep = run_emulation(model, cfg, image=image, data=data, limit=limit, preprocess=preprocess,
                         size=size, passes=passes, engine=engine, verify=verify, dump=dump,
-                        labels=labels, batch=batch, log=lambda m: typer.echo(m, err=True))
+                        labels=labels, batch=batch, log=lambda m: typer.echo(m, err=True),
+                        calib=calib, preset=preset)
     bad = rep.get("verify", {}).get("mismatches", 0)
     if as_json:
         _echo_json(rep)

@@ -5,3 +5,6 @@ One import per module; each module defines its commands with ``@app.command`` fr
 """
 
 from __future__ import annotations
+from qcompile import cli_report  # noqa: F401
+from qcompile import cli_verify  # noqa: F401
+from qcompile import cli_sweep  # noqa: F401

@@ -37,7 +37,8 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
                   print_after: Sequence[str] = (), dump_dir: str | None = None, seed: int = 0,
                   verify_each: bool = True, progress: Callable | None = None,
                   log: Callable[[str], None] = lambda m: None,
-                  cpu: str | None = None) -> dict[str, Any]:
+                  cpu: str | None = None,
+                  extra_instruments: Sequence[Any] = ()) -> dict[str, Any]:
     """Run the whole job and write ``output`` atomically; returns a JSON-ready report."""
     from qcompile.backends.ort import lower, save_model
     from qcompile.frontend import lift
@@ -69,7 +70,7 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
         instruments.append(PrintAfter(print_after, sys.stdout))
     if dump_dir:
         instruments.append(DumpDir(dump_dir))
-    ctx.instruments = instruments
+    ctx.instruments = instruments + list(extra_instruments)  # e.g. run --report
     result = run_pipeline(graph, pipeline, ctx)
     check_graph(tgt, result.graph, stage="output")
     model_proto = lower(result.graph)
