@@ -136,6 +136,15 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return sk
 
 
+def _initializer(t: onnx.TensorProto) -> tuple[np.ndarray, DType | None]:
+    """An initializer's array; 4-bit tensors widen to int8/uint8 and keep their IR type."""
+    a = numpy_helper.to_array(t)
+    if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        dt = DType(t.data_type)
+        return a.astype(dt.to_numpy()), dt
+    return a, None
+
+
 def _type_of(tp: onnx.TypeProto) -> TensorType:
     if not tp.HasField("tensor_type"):
         return TensorType(DType.UNDEFINED, None)
@@ -231,7 +240,7 @@ def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str,
 
     env = {}
     for t in g_proto.initializer:
-        env[t.name] = g.add_const(t.name, numpy_helper.to_array(t))
+        env[t.name] = g.add_const(t.name, *_initializer(t))
     for t in g_proto.sparse_initializer:
         raise ModelError(f"model: sparse initializer {t.values.name!r} is not supported; "
                          "densify it first")

@@ -272,10 +272,13 @@ class Graph:
         self.inputs.append(v)
         return v
 
-    def add_const(self, name: str, array: np.ndarray) -> Value:
-        """A new constant value (an ONNX initializer) with a unique name."""
+    def add_const(self, name: str, array: np.ndarray, dtype: DType | None = None) -> Value:
+        """A new constant value (an ONNX initializer) with a unique name.
+
+        ``dtype`` names an element type numpy lacks (int4/uint4 held widened in int8/uint8)."""
         array = np.asarray(array)
-        v = Value(self.unique_name(name), TensorType.of(array), const=array)
+        ttype = TensorType.of(array) if dtype is None else TensorType(dtype, array.shape)
+        v = Value(self.unique_name(name), ttype, const=array)
         self.initializers[v.name] = v
         return v
 

@@ -471,3 +471,28 @@ def test_save_model_overwrites_and_uses_normal_permissions(tmp_path):
     assert onnx.load(str(target)).graph.output[0].name == "logits"
     # an atomic write must not leave the model readable by its owner only (mkstemp's 0600)
     assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+def test_int4_initializers_lift_and_lower_unchanged():
+    """4-bit initializers (what int4 presets write) lift as INT4/UINT4 values held in int8/uint8."""
+    from qcompile.ir import DType
+
+    w = helper.make_tensor("w", TensorProto.INT4, [2, 3], [-8, -1, 0, 1, 5, 7])
+    zp = helper.make_tensor("zp", TensorProto.UINT4, [], [3])
+    s = helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s"], ["wf"]),
+             helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xf"]),
+             helper.make_node("MatMul", ["xf", "wf"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w, zp, s])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    g = lift(model)
+    assert g.initializers["w"].type.dtype == DType.INT4
+    assert g.initializers["w"].const.dtype == np.int8
+    assert g.initializers["zp"].type.dtype == DType.UINT4
+    back = lower(g)
+    x = np.array([[1.3, -0.4]], np.float32)
+    a = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    b = ort.InferenceSession(back.SerializeToString()).run(None, {"x": x})[0]
+    assert np.array_equal(a, b)
