@@ -10,6 +10,10 @@ Each child is pinned to ``--cores`` CPUs (default 2), so times are 2-core times 
 
     python benchmarks/bench_lowbit.py                       # the issue's table
     python benchmarks/bench_lowbit.py --models cifar10_resnet20 --configs w4a8 rtn:w4a8
+    python benchmarks/bench_lowbit.py --merge benchmarks/results/a.json b.json  # one table
+
+Wall time is the pipeline's (lift and evaluation excluded); CPU time is the child's user+system
+time over the same span, the fairer figure when other work shares the cores.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ TABLE = [  # (model, config, target drop in points or None)
     ("efficientnet_lite0", "w8a8-per-tensor", 1.0), ("efficientnet_lite0", "w8a8", 0.5),
     ("efficientnet_lite0", "w4a8", 3.0),
 ]
-TUNING = ("cle", "absorb", "adaround", "bias_correct")
+TUNING = ("cle", "absorb", "adaround", "bias_correct", "reconstruct", "clip_search")
 
 
 def pipeline_of(config: str) -> str:
@@ -79,16 +83,16 @@ def child(model: str, config: str, cpu: str) -> dict:
         return hits / len(ev)
 
     fp32 = accuracy(lower(g.clone()))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = run_pipeline(g, passes, PassContext(calib_data=ds, executor=OrtExecutor(threads=1)))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     q = accuracy(lower(res.graph))
     hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text()
                .splitlines() if line.startswith("VmHWM:"))
     return {"model": model, "config": config, "pipeline": ",".join(p.spec() for p in passes),
             "calib_images": int(len(calib)), "eval_images": int(len(ev)), "fp32": fp32,
             "quantised": q, "drop_points": round(100 * (fp32 - q), 2),
-            "seconds": round(seconds, 1), "peak_rss_mb": round(hwm / 1024),
+            "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "peak_rss_mb": round(hwm / 1024),
             "stats": {p.name: dict(r.stats) for p, r, _ in res.results}}
 
 
@@ -105,19 +109,31 @@ def run_one(model: str, config: str, cores: int, slot: int, cpu: str) -> dict:
 
 
 def markdown(rows: list[dict], targets: dict) -> str:
-    lines = ["| model | config | FP32 % | quantised % | drop (points) | target | met | time s "
-             "(2 cores) | peak RSS MB |", "|---|---|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| model | config | FP32 % | quantised % | drop (points) | target | met | wall s "
+             "| CPU s | peak RSS MB |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['config']} | error: {r['error'][-80:]} |||||||")
+            lines.append(f"| {r['model']} | {r['config']} | error: {r['error'][-80:]} ||||||||")
             continue
         t = targets.get((r["model"], r["config"]))
         met = "" if t is None else ("yes" if r["drop_points"] <= t else "**MISSED**")
+        cpu = r.get("cpu_seconds")
         lines.append(f"| {r['model']} | {r['config']} | {100 * r['fp32']:.2f} | "
                      f"{100 * r['quantised']:.2f} | {r['drop_points']:.2f} | "
                      f"{'' if t is None else f'<= {t}'} | {met} | {r['seconds']:.0f} | "
-                     f"{r['peak_rss_mb']} |")
+                     f"{'' if cpu is None else f'{cpu:.0f}'} | {r['peak_rss_mb']} |")
     return "\n".join(lines)
+
+
+def merged(paths: list[str]) -> list[dict]:
+    """Rows of earlier runs (later files win), in the issue's table order, missing rows named."""
+    found: dict[tuple[str, str], dict] = {}
+    for p in paths:
+        for r in json.loads(Path(p).read_text())["rows"]:
+            found[(r["model"], r["config"])] = r
+    rows = [found.pop((m, c), {"model": m, "config": c, "error": "not measured"})
+            for m, c, _ in TABLE]
+    return rows + list(found.values())
 
 
 def main() -> None:
@@ -129,8 +145,13 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=2, help="CPUs per child (taskset)")
     ap.add_argument("--cpu", default="avx2", help="ORT int8 CPU kind for the target defaults")
     ap.add_argument("--out", default="bench_lowbit")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="print the issue's table from earlier results (no run)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.merge:
+        print(markdown(merged(args.merge), {(m, c): t for m, c, t in TABLE}))
+        return
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.cpu)))
         return

@@ -17,6 +17,7 @@ from qcompile.passes.bias_correct import BiasCorrect
 from qcompile.passes.calibrate import Calibrate
 from qcompile.passes.cle import CrossLayerEqualize
 from qcompile.passes.cleanup import Cleanup
+from qcompile.passes.clip_search import ClipSearch
 from qcompile.passes.fold_bn import FoldBatchNorm
 from qcompile.passes.pipeline import (
     DumpDir,
@@ -27,6 +28,7 @@ from qcompile.passes.pipeline import (
     run_pipeline,
 )
 from qcompile.passes.quantize import Quantize
+from qcompile.passes.reconstruct import Reconstruct
 from qcompile.passes.sensitivity import Sensitivity
 
 REGISTRY: dict[str, type[Pass]] = {
@@ -40,6 +42,8 @@ REGISTRY: dict[str, type[Pass]] = {
     "assign": Assign,
     "adaround": AdaRound,
     "bias_correct": BiasCorrect,
+    "clip_search": ClipSearch,
+    "reconstruct": Reconstruct,
 }
 
 __all__ = [
@@ -51,6 +55,7 @@ __all__ = [
     "Calibrate",
     "Check",
     "Cleanup",
+    "ClipSearch",
     "CrossLayerEqualize",
     "DumpDir",
     "Executor",
@@ -63,6 +68,7 @@ __all__ = [
     "PreconditionError",
     "PrintAfter",
     "Quantize",
+    "Reconstruct",
     "Sensitivity",
     "Stats",
     "describe_options",
