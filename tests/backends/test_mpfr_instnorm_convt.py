@@ -16,13 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from qcompile.backends.mpfr.config import EmuConfig, make_config
+from qcompile.backends.mpfr.config import make_config
 from qcompile.backends.mpfr.interpreter import FastEngine, Interpreter, RefEngine
 from qcompile.backends.mpfr.listeners import same_bits
 from qcompile.backends.mpfr.ops_fast import FAST
 from qcompile.backends.mpfr.ops_ref import REF
 from qcompile.frontend import lift
-from qcompile.numerics.formats import Rounding, parse_format
+from qcompile.numerics.formats import Rounding
+from tests.backends.mpfr_helpers import cfg as _cfg
+from tests.backends.mpfr_helpers import rand
 
 FORMATS = ["b15e4", "fp16", "bf16", "e4m3", "p=11,emin=-8,emax=7,subnormal=off", "qresnet"]
 MODES = [m.value for m in Rounding]
@@ -32,19 +34,8 @@ SETTINGS = settings(max_examples=30, deadline=None,
 F64 = "b64e11"  # IEEE binary64: with --accumulate exact the result is the rounded exact value
 
 
-def _cfg(fmt: str, mode: str = "nearest", acc: str = "sequential") -> EmuConfig:
-    if fmt == "qresnet":
-        return make_config(compat="qresnet", accumulate=acc)
-    return EmuConfig(fmt=parse_format(fmt), rounding=Rounding.parse(mode), accumulate=acc)
-
-
 def _rand(rng, shape, special=False, spread=3):
-    x = rng.normal(size=shape) * np.exp2(rng.integers(-spread, spread + 1, size=shape))
-    if special and x.size:
-        k = rng.integers(0, x.size, size=max(1, x.size // 10))
-        x.reshape(-1)[k] = rng.choice([0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, 1e-30],
-                                      size=k.size)
-    return x
+    return rand(rng, shape, special, spread=spread, special_every=10)
 
 
 def _both(op, cfg, inputs, attrs, *, use_numba=True):

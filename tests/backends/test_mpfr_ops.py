@@ -11,33 +11,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qcompile.backends.mpfr.config import EmuConfig, make_config
 from qcompile.backends.mpfr.interpreter import FastEngine, RefEngine
 from qcompile.backends.mpfr.listeners import same_bits
 from qcompile.backends.mpfr.ops_fast import FAST
 from qcompile.backends.mpfr.ops_ref import REF
-from qcompile.numerics.formats import Rounding, parse_format
+from qcompile.numerics.formats import Rounding
+from tests.backends.mpfr_helpers import cfg, rand
 
 FORMATS = ["b15e4", "fp16", "bf16", "e4m3", "e2m1", "e5m2", "fp32",
            "p=8,emin=-6,emax=6,subnormal=off", "b32e4"]
 MODES = [m.value for m in Rounding]
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-def _cfg(fmt: str, mode: str, acc: str = "sequential") -> EmuConfig:
-    if fmt == "qresnet":
-        return make_config(compat="qresnet", accumulate=acc)
-    return EmuConfig(fmt=parse_format(fmt), rounding=Rounding.parse(mode), accumulate=acc)
-
-
-def _rand(rng, shape, special=False, spread=4):
-    x = rng.normal(size=shape) * np.exp2(rng.integers(-spread, spread + 1, size=shape))
-    if special and x.size:
-        k = rng.integers(0, x.size, size=max(1, x.size // 8))
-        x.reshape(-1)[k] = rng.choice([0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, 1e-30],
-                                      size=k.size)
-    return x
 
 
 def _check(op, cfg, inputs, attrs, *, use_numba=True):
@@ -65,12 +50,12 @@ seed_st = st.integers(0, 2**31 - 1)
        dil=st.integers(1, 2), bias=st.booleans(), special=st.booleans(), oc=st.sampled_from([2, 8, 16]))
 def test_conv(fmt, mode, seed, acc, stride, pad, group, dil, bias, special, oc):
     rng = np.random.default_rng(seed)
-    x = _rand(rng, (2, 4, 6, 5), special)
-    w = _rand(rng, (oc, 4 // group, 3, 2))
-    b = _rand(rng, (oc,)) if bias else None
+    x = rand(rng, (2, 4, 6, 5), special)
+    w = rand(rng, (oc, 4 // group, 3, 2))
+    b = rand(rng, (oc,)) if bias else None
     attrs = dict(strides=(stride, stride), pads=(pad, pad - pad // 2, pad // 2, pad),
                  dilations=(dil, 1), group=group, kernel_shape=(3, 2))
-    _check("Conv", _cfg(fmt, mode, acc), [x, w, b], attrs)
+    _check("Conv", cfg(fmt, mode, acc), [x, w, b], attrs)
 
 
 @SETTINGS
@@ -78,8 +63,8 @@ def test_conv(fmt, mode, seed, acc, stride, pad, group, dil, bias, special, oc):
 def test_conv_numpy_path(fmt, mode, seed, acc):
     """The numpy fallback (no numba) is exact as well."""
     rng = np.random.default_rng(seed)
-    x, w, b = _rand(rng, (1, 3, 5, 5)), _rand(rng, (4, 3, 3, 3)), _rand(rng, (4,))
-    _check("Conv", _cfg(fmt, mode, acc), [x, w, b],
+    x, w, b = rand(rng, (1, 3, 5, 5)), rand(rng, (4, 3, 3, 3)), rand(rng, (4,))
+    _check("Conv", cfg(fmt, mode, acc), [x, w, b],
            dict(strides=(1, 1), pads=(1, 1, 1, 1), kernel_shape=(3, 3)), use_numba=False)
 
 
@@ -88,21 +73,21 @@ def test_conv_numpy_path(fmt, mode, seed, acc):
        trans=st.booleans(), bias=st.booleans(), special=st.booleans())
 def test_gemm_matmul(fmt, mode, seed, acc, trans, bias, special):
     rng = np.random.default_rng(seed)
-    a = _rand(rng, (3, 7), special)
-    b = _rand(rng, (5, 7) if trans else (7, 5))
-    c = _rand(rng, (5,)) if bias else None
-    _check("Gemm", _cfg(fmt, mode, acc), [a, b, c], dict(transB=int(trans)))
-    _check("MatMul", _cfg(fmt, mode, acc), [a, b.T if trans else b], {})
+    a = rand(rng, (3, 7), special)
+    b = rand(rng, (5, 7) if trans else (7, 5))
+    c = rand(rng, (5,)) if bias else None
+    _check("Gemm", cfg(fmt, mode, acc), [a, b, c], dict(transB=int(trans)))
+    _check("MatMul", cfg(fmt, mode, acc), [a, b.T if trans else b], {})
 
 
 @SETTINGS
 @given(fmt=fmt_st, mode=mode_st, seed=seed_st, special=st.booleans())
 def test_batchnorm(fmt, mode, seed, special):
     rng = np.random.default_rng(seed)
-    x = _rand(rng, (2, 3, 4, 4), special)
-    sc, bi, mu = _rand(rng, (3,)), _rand(rng, (3,)), _rand(rng, (3,))
-    var = np.abs(_rand(rng, (3,)))
-    _check("BatchNormalization", _cfg(fmt, mode), [x, sc, bi, mu, var], dict(epsilon=1e-5))
+    x = rand(rng, (2, 3, 4, 4), special)
+    sc, bi, mu = rand(rng, (3,)), rand(rng, (3,)), rand(rng, (3,))
+    var = np.abs(rand(rng, (3,)))
+    _check("BatchNormalization", cfg(fmt, mode), [x, sc, bi, mu, var], dict(epsilon=1e-5))
 
 
 @SETTINGS
@@ -110,7 +95,7 @@ def test_batchnorm(fmt, mode, seed, special):
        special=st.booleans(), bshape=st.sampled_from([(2, 3, 4), (3, 1), (1,), ()]))
 def test_binary(fmt, mode, seed, op, special, bshape):
     rng = np.random.default_rng(seed)
-    _check(op, _cfg(fmt, mode), [_rand(rng, (2, 3, 4), special), _rand(rng, bshape, special)], {})
+    _check(op, cfg(fmt, mode), [rand(rng, (2, 3, 4), special), rand(rng, bshape, special)], {})
 
 
 @SETTINGS
@@ -118,17 +103,17 @@ def test_binary(fmt, mode, seed, op, special, bshape):
        op=st.sampled_from(["Relu", "Sqrt", "Exp", "Tanh", "Sigmoid", "LeakyRelu", "Neg", "Abs"]))
 def test_unary(fmt, mode, seed, op):
     rng = np.random.default_rng(seed)
-    x = _rand(rng, (3, 5), True)
+    x = rand(rng, (3, 5), True)
     if op == "Sqrt":
         x = np.abs(x)
-    _check(op, _cfg(fmt, mode), [x], dict(alpha=0.1) if op == "LeakyRelu" else {})
+    _check(op, cfg(fmt, mode), [x], dict(alpha=0.1) if op == "LeakyRelu" else {})
 
 
 @SETTINGS
 @given(fmt=fmt_st, mode=mode_st, seed=seed_st, lo=st.floats(-3, 0), hi=st.floats(0, 6))
 def test_clip(fmt, mode, seed, lo, hi):
     rng = np.random.default_rng(seed)
-    _check("Clip", _cfg(fmt, mode), [_rand(rng, (4, 4), True), np.array(lo), np.array(hi)], {})
+    _check("Clip", cfg(fmt, mode), [rand(rng, (4, 4), True), np.array(lo), np.array(hi)], {})
 
 
 @SETTINGS
@@ -140,14 +125,14 @@ def test_pool(fmt, mode, seed, op, k, stride, pad, incl, special):
     attrs = dict(kernel_shape=(k, k), strides=(stride, stride), pads=(pad,) * 4)
     if op == "AveragePool":
         attrs["count_include_pad"] = incl
-    _check(op, _cfg(fmt, mode), [_rand(rng, (1, 2, 5, 6), special)], attrs)
+    _check(op, cfg(fmt, mode), [rand(rng, (1, 2, 5, 6), special)], attrs)
 
 
 @SETTINGS
 @given(fmt=fmt_st, mode=mode_st, seed=seed_st, special=st.booleans())
 def test_global_avgpool(fmt, mode, seed, special):
     rng = np.random.default_rng(seed)
-    _check("GlobalAveragePool", _cfg(fmt, mode), [_rand(rng, (2, 3, 4, 5), special)], {})
+    _check("GlobalAveragePool", cfg(fmt, mode), [rand(rng, (2, 3, 4, 5), special)], {})
 
 
 @pytest.mark.parametrize("fmt", ["b15e4", "fp16", "e4m3"])
@@ -159,5 +144,18 @@ def test_directed_zero_signs_in_conv(fmt):
     w[0, 0] = -1.0
     for acc in ("sequential", "fma", "exact"):
         for mode in MODES:
-            _check("Conv", _cfg(fmt, mode, acc), [x, w],
+            _check("Conv", cfg(fmt, mode, acc), [x, w],
                    dict(pads=(1, 1, 1, 1), kernel_shape=(3, 3)))
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_conv_exact_sum_that_rounds_to_zero_keeps_its_sign(pad):
+    """Regression: an exact (nonzero) dot product that rounds down to zero is +0 when positive;
+    only exact cancellation gets the round-down -0 (found by hypothesis on e2m1)."""
+    x = np.zeros((1, 2, 1, 1))
+    x[0, :, 0, 0] = [0.5, 0.5]
+    w = np.zeros((1, 2, 1, 1))
+    w[0, :, 0, 0] = [0.5, -0.5]  # 0.25 - 0.25 = 0 exactly -> -0 when rounding down
+    _check("Conv", cfg("e2m1", "down", "exact"), [x, w], dict(pads=(pad,) * 4))
+    w[0, :, 0, 0] = [1.0, -0.5]  # 0.5 - 0.25 = 0.25 > 0 rounds down to +0 (min subnormal 0.5)
+    _check("Conv", cfg("e2m1", "down", "exact"), [x, w], dict(pads=(pad,) * 4))

@@ -231,13 +231,12 @@ class FastArith:
         """One output plane by the numpy path: xs [K, P], valid [K, P], wv [K]."""
         K, P = xs.shape
         if self.accumulate == "exact":
-            acc = fastfp.dot(xs.T * valid.T, wv, self.fmt, self.mode, "exact",
-                             check_inputs=False)
-            if self.mode is Rounding.DOWN:  # zero sums: sign over the non-padded terms only
-                z = np.flatnonzero(acc == 0)
-                if z.size:
-                    neg = (np.signbit(xs[:, z] * wv[:, None]) & valid[:, z]).any(axis=0)
-                    acc[z] = np.where(neg, -0.0, 0.0)
+            # A padded tap becomes a zero signed like its weight, so its product is +0: then
+            # fastfp.dot's IEEE/MPFR sign rule for exact zero sums (over all terms, from
+            # acc = +0) is the rule over the real taps, and a nonzero sum that rounds to zero
+            # keeps its own sign (rounding 0.25 down in e2m1 gives +0, not -0).
+            xm = np.where(valid, xs, np.copysign(0.0, wv)[:, None])
+            acc = fastfp.dot(xm.T, wv, self.fmt, self.mode, "exact", check_inputs=False)
         else:
             acc = np.zeros(P, _F64)
             for k in range(K):
