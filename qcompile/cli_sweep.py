@@ -33,8 +33,7 @@ def sweep_cmd(
 ) -> None:
     """Accuracy and top-1 agreement with FP32 for every uniform format in --formats.
 
-    Integer formats run on ONNX Runtime (quantize: intN weights, uintN activations); float and
-    posit formats run on the MPFR fast engine with explicit FQ ops (assign, amax scaling).
+    Integer formats run on ONNX Runtime (quantize: intN weights, uintN activations); float and posit formats run on the MPFR fast engine with explicit FQ ops (assign, amax scaling).
 
     Examples:
 

@@ -42,13 +42,11 @@ def verify_cmd(
                                        "manifest.json) of the exact network to this new folder"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable report"),
 ) -> None:
-    """Check bit for bit what ONNX Runtime computes for an int8 model against the exact
-    quantised network (MPFR backend: exact integer accumulation, one exact round-half-even
-    per quantised tensor).
+    """Check bit for bit what ONNX Runtime computes for an int8 model, layer by layer.
 
-    Reports per output and, with --layers, per quantised tensor: elements compared and equal,
-    max |diff| in LSBs, the first layer that departs, example coordinates, and which ORT
-    kernels ran.  Verdict: bit-exact / within 1 LSB (exit 0) or diverged (exit 1).
+    The reference is the exact quantised network on the MPFR backend: exact integer accumulation, one exact round-half-even per quantised tensor.
+
+    Reports per output and, with --layers, per quantised tensor: elements compared and equal, max |diff| in LSBs, the first layer that departs, example coordinates, and which ORT kernels ran.  Verdict: bit-exact / within 1 LSB (exit 0) or diverged (exit 1).
 
     Examples:
 
