@@ -25,6 +25,12 @@ Policies (``keep`` layers - ``first``, ``last`` or node names - always get the w
   in points) is within it; with both, the budget point if its drop is within ``max_drop``,
   otherwise a one-line error stating the best reachable points.
 
+``refine`` (budget policy): the narrowed weights of every evaluated point - and of the result -
+are refined as a user would after choosing formats, so the verified drop is the drop of the
+model written: ``clip`` = ``clip_search`` (output-weighted per-channel clipping), ``adaround``
+(default) = ``clip_search`` then ``adaround{iterations=400,batch=512}``; ``none`` keeps
+round-to-nearest (fastest). Sensitivities are measured with round-to-nearest either way.
+
 The front, the choice and the measured accuracies are logged and stored in the model metadata
 ``qcompile.assign``.
 
@@ -91,6 +97,7 @@ class Assign(Pass):
     seed: int = 0
     cache: str = ""
     scaling: Literal["amax", "none"] = "amax"
+    refine: Literal["adaround", "clip", "none"] = "adaround"
 
     @property
     def float_mode(self) -> bool:
@@ -127,6 +134,8 @@ class Assign(Pass):
         if self.policy == "budget" and len(self.weights) < 2:
             raise OptionError(f"{where}: policy=budget needs two or more weight formats "
                               "(e.g. weights=int4,int8)")
+        if self.refine not in ("adaround", "clip", "none"):
+            raise OptionError(f"{where}: refine={self.refine!r}; use adaround, clip or none")
         if self.images < 1 or self.sens_images < 1:
             raise OptionError(f"{where}: images and sens_images must be >= 1")
 
@@ -178,6 +187,8 @@ class Assign(Pass):
             set_weight_format(graph, la.name, by_bits[b], reduce_range=self.reduce_range,
                               method=self.weight_scale if b < 8 else "minmax")
             st.count(f"layers_{by_bits[b].name}")
+        if self.policy == "budget":
+            graph = self._refine(graph, ctx, st)
         report.update(avg_weight_bits=round(avg_bits(layers, config), 4),
                       layers={k: by_bits[v].name for k, v in config.items()})
         graph.metadata[REPORT_KEY] = json.dumps(report, separators=(",", ":"))
@@ -231,6 +242,16 @@ class Assign(Pass):
         return out
 
     # -----------------------------------------------------------------------------------------
+    def _refine(self, g: Graph, ctx: PassContext, st: Stats) -> Graph:
+        """Refine the narrowed weights (budget policy) as the verified point and the result
+        must agree: output-weighted clipping, then learned rounding (deterministic by seed)."""
+        for p in _refine_passes(self.refine):
+            res = p.run(g, ctx)
+            g = res.graph
+            for k, v in res.stats.items():
+                st.count(f"refine_{p.name}_{k}", v)
+        return g
+
     def _search(self, float_graph: Graph, qgraph: Graph, ctx: PassContext, q: Quantize,
                 layers: list[Layer], keep: set[str], fmts) -> tuple[dict[str, int], dict]:
         widest = fmts[-1]
@@ -256,6 +277,7 @@ class Assign(Pass):
                     if b != widest.bits:
                         set_weight_format(g, name, _qt(fmts, b), method=self.weight_scale,
                                           reduce_range=self.reduce_range)
+                g = self._refine(g, ctx, Stats())
                 measured[k] = 100.0 * (fp32 - held.accuracy(held.logits(g)))
                 ctx.log(f"assign: verified {front[k]['avg_bits']:.3f} bits -> drop "
                         f"{measured[k]:+.2f} points on {len(held)} held-out images")
@@ -312,6 +334,18 @@ class Assign(Pass):
                 f"{front[last]['avg_bits']:.2f} bits; chose {front[k]['avg_bits']:.3f} bits, "
                 f"drop {measured[k]:.2f} points (fp32 {100 * fp32:.2f}%)")
         return front[k]["config"], report
+
+
+def _refine_passes(refine: str) -> list[Pass]:
+    from qcompile.passes.adaround import AdaRound
+    from qcompile.passes.clip_search import ClipSearch
+
+    if refine == "none":
+        return []
+    out: list[Pass] = [ClipSearch()]
+    if refine == "adaround":
+        out.append(AdaRound(iterations=400, batch=512))
+    return out
 
 
 def _qt(fmts, bits: int):

@@ -132,3 +132,20 @@ def test_mse_scale_never_worse_than_minmax(seed, bits):
         return ((quant.fake_quant(w, s, z, qt, 0) - w) ** 2).sum(axis=(1, 2, 3))
 
     assert np.all(err("mse") <= err("minmax") + 1e-12)
+
+
+@pytest.mark.parametrize("refine", ["none", "clip", "adaround"])
+def test_budget_refine_verifies_the_model_it_writes(data, tmp_path, refine):
+    """refine: the narrowed weights are refined (clip_search [+ adaround]) both in the verified
+    point and in the result, so the stored drop is that of the written model."""
+    spec = (f"fold,calibrate{{images=16}},assign{{policy=budget,avg_bits=6,images=32,"
+            f"sens_images=16,keep=,refine={refine},cache={tmp_path / 'c'}}}")
+    g, res = compile_graph(clip_pool_pad_model(), data, spec)
+    stats = {k: v for p, r, _ in res if p.name == "assign" for k, v in r.stats.items()}
+    refined = {k.split("_")[1] for k in stats if k.startswith("refine_")}
+    assert refined == {"none": set(), "clip": {"clip"}, "adaround": {"clip", "adaround"}}[refine]
+    narrow = [la for la in weight_layers(g) if la.bits == 4]
+    assert narrow
+    _bias_scale_ok(g)
+    with pytest.raises(OptionError, match="refine="):
+        parse_pipeline("assign{policy=budget,avg_bits=5,refine=brecq}")
