@@ -6,6 +6,15 @@ internal bugs are not QCompileErrors and keep their tracebacks.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """``"did you mean 'x'? "`` for the nearest of ``choices`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
 
 class QCompileError(Exception):
     """A mistake in the user's input (file, option, model); ``str(err)`` is one line."""

@@ -24,7 +24,7 @@ on disjoint images). Options written here win over a target's CPU defaults, whic
 
 from __future__ import annotations
 
-from qcompile.errors import OptionError
+from qcompile.errors import OptionError, suggest
 
 _LOW = "reduce_range=false"
 PRESETS: dict[str, str] = {
@@ -43,10 +43,7 @@ PRESETS: dict[str, str] = {
 def preset_pipeline(name: str) -> str:
     """The pipeline string of preset ``name`` (OptionError naming the valid ones)."""
     if name not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = suggest(name, PRESETS)
         raise OptionError(f"--preset: unknown preset {name!r}; {hint}valid: {', '.join(PRESETS)}")
     return PRESETS[name]
 

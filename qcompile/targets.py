@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from qcompile.errors import OptionError
+from qcompile.errors import OptionError, suggest
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,7 @@ TARGETS: dict[str, Target] = {
 
 def get_target(name: str) -> Target:
     if name not in TARGETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(TARGETS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = suggest(name, TARGETS)
         raise OptionError(f"target: unknown target {name!r}; {hint}valid: {', '.join(TARGETS)}")
     return TARGETS[name]
 

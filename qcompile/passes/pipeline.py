@@ -12,7 +12,6 @@ option field's annotation (int, float, bool, str, Literal choices, tuple[str, ..
 
 from __future__ import annotations
 
-import difflib
 import re
 import time
 import types
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from qcompile.errors import OptionError, QCompileError
+from qcompile.errors import suggest as _suggest
 from qcompile.ir import Graph, VerifyError, format_graph, verify
 from qcompile.passes.base import (
     Pass,
@@ -55,11 +55,6 @@ def split_specs(text: str) -> list[str]:
         raise OptionError(f"pipeline: missing '}}' in {text!r}")
     out.append(cur)
     return [s.strip() for s in out]
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def option_fields(cls: type[Pass]) -> dict[str, Any]:
