@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -41,12 +40,13 @@ def sweep_cmd(
 
       qcompile sweep m.onnx --data imgs/ --preprocess imagenet --formats "b12e4..b16e4" --json
     """
+    from qcompile.report import atomic_write, check_output_path
     from qcompile.sweep import expand_formats, save_plot, sweep, to_markdown
 
     fmts = expand_formats(formats)  # validated before any work
-    for p, what in ((output, "-o"), (plot, "--plot")):
-        if p is not None and not Path(p).parent.exists():
-            raise QCompileError(f"{what}: folder {Path(p).parent} does not exist")
+    for p in (output, plot):
+        if p is not None:
+            check_output_path(p)
     if limit is not None and limit < 1:
         raise QCompileError("--limit: need at least 1 evaluation image")
     rep = sweep(model, data, fmts, preprocess=preprocess, limit=limit,
@@ -54,7 +54,7 @@ def sweep_cmd(
                 log=lambda m: typer.echo(m, err=True), progress=progress)
     md = to_markdown(rep)
     if output:
-        Path(output).write_text(md)
+        atomic_write(output, md)
     if plot:
         save_plot(rep, plot)
     if as_json:

@@ -46,7 +46,7 @@ import numpy as np
 from qcompile.errors import QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN, Graph, Value
 from qcompile.passes.base import Pass, PassResult
-from qcompile.report import SqnrAccumulator, SqnrReport
+from qcompile.report import SqnrAccumulator, SqnrReport, atomic_write, check_output_path
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat",
              "BatchNormalization", "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid",
@@ -238,25 +238,9 @@ def write_outputs(rep: PassReport, *, markdown: str | Path | None = None,
     if png is not None:
         rep.sqnr.save_png(png)
     if json_path is not None:
-        _atomic(Path(json_path), json.dumps(rep.to_json(), indent=2, default=str))
+        atomic_write(json_path, json.dumps(rep.to_json(), indent=2, default=str))
     if markdown is not None:
-        _atomic(Path(markdown), rep.to_markdown())
-
-
-def check_output_path(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.parent.exists():
-        raise ReportError(f"cannot write '{p}': folder '{p.parent}' does not exist; create it "
-                          "or choose another path")
-    if p.is_dir():
-        raise ReportError(f"cannot write '{p}': it is a folder; give a file name")
-    return p
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        atomic_write(markdown, rep.to_markdown())
 
 
 # -- drivers (the one place here that touches a frontend/backend; imported lazily) ----------

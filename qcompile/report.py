@@ -23,7 +23,8 @@ import numpy as np
 
 from qcompile.errors import QCompileError
 
-__all__ = ["SqnrAccumulator", "SqnrReport", "sqnr_from_sums"]
+__all__ = ["SqnrAccumulator", "SqnrReport", "atomic_write", "check_output_path",
+           "sqnr_from_sums"]
 
 
 def sqnr_from_sums(signal: float, noise: float) -> float:
@@ -120,14 +121,14 @@ class SqnrReport:
                            for i, (n, o) in enumerate(zip(self.layers, self.ops))]}
 
     def save_markdown(self, path: str | Path) -> Path:
-        return _atomic_write(Path(path), self.to_markdown().encode())
+        return atomic_write(path, self.to_markdown())
 
     def save_json(self, path: str | Path) -> Path:
-        return _atomic_write(Path(path), json.dumps(self.to_json(), indent=2).encode())
+        return atomic_write(path, json.dumps(self.to_json(), indent=2))
 
     def save_png(self, path: str | Path, *, cap_db: float = 100.0) -> Path:
         """SQNR per layer, one line per series; exact layers are drawn at ``cap_db``."""
-        plt = _pyplot()
+        plt = pyplot()
         x = np.arange(len(self.layers))
         fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(self.layers) + 3), 4))
         for lab, vals in self.series.items():
@@ -139,15 +140,24 @@ class SqnrReport:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        out = Path(path)
-        tmp = out.with_name(out.name + ".tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
+        return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, **savefig_kw) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary sibling, then rename) and close it."""
+    plt = pyplot()
+    out = check_output_path(path)
+    tmp = out.with_name(out.name + ".tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110, **savefig_kw)
         tmp.replace(out)
-        return out
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 
@@ -159,10 +169,21 @@ def _pyplot():
     return plt
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    if not path.parent.exists():
-        raise QCompileError(f"cannot write '{path}': folder '{path.parent}' does not exist")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
+def check_output_path(path: str | Path) -> Path:
+    """``path`` as a Path if a file can be written there (its folder exists, it is no folder)."""
+    p = Path(path)
+    if not p.parent.exists():
+        raise QCompileError(f"cannot write '{p}': folder '{p.parent}' does not exist; create it "
+                            "or choose another path")
+    if p.is_dir():
+        raise QCompileError(f"cannot write '{p}': it is a folder; give a file name")
+    return p
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` to a temporary sibling, then rename it over ``path`` (no half-written file)."""
+    p = check_output_path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.replace(p)
+    return p

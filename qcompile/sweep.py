@@ -246,17 +246,10 @@ def to_markdown(rep: dict) -> str:
 
 def save_plot(rep: dict, path: str | Path) -> Path:
     """Accuracy vs bits, one line per family, FP32 dashed; written atomically."""
-    import os
-    import tempfile
+    from qcompile.report import check_output_path, pyplot, save_figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    if not path.parent.exists():
-        raise QCompileError(f"--plot: folder {path.parent} does not exist")
+    check_output_path(path)  # before drawing
+    plt = pyplot()
     fams: dict[str, list[tuple[int, float]]] = {}
     for r in rep["rows"]:
         fams.setdefault(r["family"], []).append((r["bits"], 100 * r["top1"]))
@@ -270,13 +263,4 @@ def save_plot(rep: dict, path: str | Path) -> Path:
     ax.set_title(f"{Path(rep['model']).stem}: uniform formats ({rep['images']} images)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
