@@ -47,6 +47,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
+
 from qcompile.errors import OptionError, QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN, Graph
 from qcompile.numerics import quant
@@ -180,7 +182,7 @@ class Assign(Pass):
                       for la in layers}
             report: dict = {"policy": self.policy}
         else:
-            config, report = self._search(float_graph, graph, ctx, q, layers, keep, fmts)
+            config, report, refined = self._search(float_graph, graph, ctx, q, layers, keep, fmts)
         by_bits = {f.bits: f for f in fmts}
         for la in layers:
             b = config[la.name]
@@ -188,7 +190,7 @@ class Assign(Pass):
                               method=self.weight_scale if b < 8 else "minmax")
             st.count(f"layers_{by_bits[b].name}")
         if self.policy == "budget":
-            graph = self._refine(graph, ctx, st)
+            graph = self._adopt_refined(graph, refined, ctx, st)
         report.update(avg_weight_bits=round(avg_bits(layers, config), 4),
                       layers={k: by_bits[v].name for k, v in config.items()})
         graph.metadata[REPORT_KEY] = json.dumps(report, separators=(",", ":"))
@@ -252,6 +254,25 @@ class Assign(Pass):
                 st.count(f"refine_{p.name}_{k}", v)
         return g
 
+    def _adopt_refined(self, graph: Graph, refined: tuple[Graph, Stats], ctx: PassContext,
+                       st: Stats) -> Graph:
+        """Give ``graph`` the refined weights of the verified point instead of refining again.
+
+        The verified graph was built by the same quantisation and ``set_weight_format`` calls,
+        so it has the same initializers; refinement only rewrites their values. Where that does
+        not hold (a refinement added or removed constants), refine ``graph`` itself."""
+        g, rst = refined
+        same = (g.initializers.keys() == graph.initializers.keys()
+                and all(np.shape(g.initializers[n].const) == np.shape(v.const)
+                        for n, v in graph.initializers.items()))
+        if not same:
+            return self._refine(graph, ctx, st)
+        for n, v in graph.initializers.items():
+            v.const = g.initializers[n].const.copy()
+        for k, c in rst.counts.items():
+            st.count(k, c)
+        return graph
+
     def _search(self, float_graph: Graph, qgraph: Graph, ctx: PassContext, q: Quantize,
                 layers: list[Layer], keep: set[str], fmts) -> tuple[dict[str, int], dict]:
         widest = fmts[-1]
@@ -269,6 +290,7 @@ class Assign(Pass):
         held.record(qgraph, "assign_images")
         fp32 = held.accuracy(held.logits(float_graph))
         measured: dict[int, float] = {}
+        refined: dict[int, tuple[Graph, Stats]] = {}
 
         def drop(k: int) -> float:
             if k not in measured:
@@ -277,7 +299,9 @@ class Assign(Pass):
                     if b != widest.bits:
                         set_weight_format(g, name, _qt(fmts, b), method=self.weight_scale,
                                           reduce_range=self.reduce_range)
-                g = self._refine(g, ctx, Stats())
+                rst = Stats()
+                g = self._refine(g, ctx, rst)
+                refined[k] = (g, rst)
                 measured[k] = 100.0 * (fp32 - held.accuracy(held.logits(g)))
                 ctx.log(f"assign: verified {front[k]['avg_bits']:.3f} bits -> drop "
                         f"{measured[k]:+.2f} points on {len(held)} held-out images")
@@ -333,7 +357,7 @@ class Assign(Pass):
         ctx.log(f"assign: front has {len(front)} points from {front[0]['avg_bits']:.2f} to "
                 f"{front[last]['avg_bits']:.2f} bits; chose {front[k]['avg_bits']:.3f} bits, "
                 f"drop {measured[k]:.2f} points (fp32 {100 * fp32:.2f}%)")
-        return front[k]["config"], report
+        return front[k]["config"], report, refined[k]
 
 
 def _refine_passes(refine: str) -> list[Pass]:

@@ -149,3 +149,17 @@ def test_budget_refine_verifies_the_model_it_writes(data, tmp_path, refine):
     _bias_scale_ok(g)
     with pytest.raises(OptionError, match="refine="):
         parse_pipeline("assign{policy=budget,avg_bits=5,refine=brecq}")
+
+
+def test_budget_refine_result_equals_refining_afterwards(data, tmp_path):
+    """The result reuses the verified point's refined weights: the same model as choosing
+    formats with refine=none and running clip_search + adaround after assign."""
+    opts = "policy=budget,avg_bits=6,images=32,sens_images=16,keep=,cache=" + str(tmp_path / "c")
+    g1, _ = compile_graph(clip_pool_pad_model(), data,
+                          f"fold,calibrate{{images=16}},assign{{{opts}}}")
+    g2, _ = compile_graph(clip_pool_pad_model(), data,
+                          f"fold,calibrate{{images=16}},assign{{{opts},refine=none}},"
+                          "clip_search,adaround{iterations=400,batch=512}")
+    assert g1.initializers.keys() == g2.initializers.keys()
+    for name, v in g1.initializers.items():
+        np.testing.assert_array_equal(v.const, g2.initializers[name].const, err_msg=name)
