@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as hs
 
 from qcompile.backends.ort import lower
@@ -199,6 +199,7 @@ def test_backward_matches_finite_differences(seed, depthwise):
 
 @settings(max_examples=20, deadline=None)
 @given(seed=hs.integers(0, 2**16), bits=hs.sampled_from([4, 8]))
+@example(seed=1056, bits=4)  # an element 7e-10 from the lower clamp bound
 def test_lsq_gradient_matches_its_surrogate(seed, bits):
     """The QDQ backward is the exact derivative of the straight-through (LSQ) surrogate
     ``s (clamp(x/s + z, qmin, qmax) - z + c [inside])``, ``c = round(x0/s0) - x0/s0`` and
@@ -224,7 +225,11 @@ def test_lsq_gradient_matches_its_surrogate(seed, bits):
     _, caches = blk.forward({"x": x}, "soft", keep=True)
     gx = rops.BWD["qdq"](blk, blk.ops[0], np.ones_like(x), caches[0], [], [], np.zeros(1))[0]
     fdx = (sur(st.s, x + e) - sur(st.s, x - e)) / (2 * e)
-    np.testing.assert_allclose(gx, fdx, atol=1e-5)
+    # the surrogate has kinks at the clamp bounds: a central difference straddling one
+    # (|x/s + z - bound| < e/s) measures neither side's derivative, so those points are skipped
+    u = x / st.s + st.z
+    smooth = (np.abs(u) > 2 * e / st.s) & (np.abs(u - qmax) > 2 * e / st.s)
+    np.testing.assert_allclose(gx[smooth], fdx[smooth], atol=1e-5)
 
 
 def test_reconstruct_block_lowers_the_loss():
