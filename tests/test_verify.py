@@ -236,7 +236,9 @@ def test_resnet20_int8_pipeline_model(shared_data, tmp_path):
         assert layers[0]["name"] == "input_dq_q" and layers[0]["max_lsb"] == 0
         ndiff = sum(t["compared"] - t["equal"] for t in layers)
         assert ndiff == rep["elements_differing"]
-        # rounding-level departures only: a tiny fraction of the elements
-        assert ndiff < 1e-3 * rep["elements_compared"]
+        # rounding-level departures only: a small fraction of the elements. How many depends
+        # on the CPU's kernels: ~0.1% with AVX2, ~0.25% with AVX-512 VNNI (8-bit weights, and
+        # MLAS's AVX-512 SGEMM rounds float32 partial sums in another order at opt none)
+        assert ndiff < 1e-2 * rep["elements_compared"]
         if opt == "all":
             assert rep["ort_kernels"]["com.microsoft.QLinearConv"] == 19
