@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qcompile.evaluate import evaluate_model  # noqa: E402
-from qcompile.pipeline import compile_model  # noqa: E402
+from qcompile.driver.compile import compile_model  # noqa: E402
+from qcompile.driver.evaluate import evaluate_model  # noqa: E402
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
 
     from qcompile.backends.ort.measure import ModelRunner
     from qcompile.data import open_dataset, preprocess_from_options
-    from qcompile.evaluate import calibration_indices
+    from qcompile.driver.evaluate import calibration_indices
 
     ds = open_dataset(npz, preprocess_from_options("cifar"))
     excl = np.zeros(0, np.int64)

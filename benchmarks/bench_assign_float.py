@@ -50,7 +50,7 @@ def _assign(w, a, keep="none") -> str:
 
 
 def run_float(images: int = 1000, calib: int = 512, log=print) -> dict:
-    from qcompile.sweep import FormatEvaluator
+    from qcompile.driver.sweep import FormatEvaluator
 
     t0 = time.perf_counter()
     ev = FormatEvaluator(str(DATA / "cifar10_resnet20.onnx"), str(DATA / "cifar10_test_dev.npz"),
@@ -150,7 +150,7 @@ def _mixed(ev, base: dict, measure, log) -> dict:
     """Per-layer weight formats narrower than ``base`` at the same drop (see module doc)."""
     from qcompile.numerics.formats import parse_any
     from qcompile.numerics.fq import fq_format, fq_round
-    from qcompile.passes.assign_float import float_layers, insert_formats, weight_axis
+    from qcompile.passes._assign_float import float_layers, insert_formats, weight_axis
     from qcompile.passes.base import Stats
 
     spec = base["weights"]

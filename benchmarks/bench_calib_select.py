@@ -58,10 +58,10 @@ def child(model: str, config: str, select: str, seed: int, n_calib: int, pool: s
     from qcompile.backends.ort.executor import OrtExecutor
     from qcompile.backends.ort.runtime import session
     from qcompile.data import open_dataset, preset
+    from qcompile.driver.presets import PRESETS
+    from qcompile.driver.targets import configure_pipeline, get_target
     from qcompile.frontend import lift
     from qcompile.passes import PassContext, run_pipeline
-    from qcompile.presets import PRESETS
-    from qcompile.targets import configure_pipeline, get_target
 
     full = open_dataset(DATA / DATASET, preset("cifar"))
     cand = open_dataset(pool, preset("cifar"))

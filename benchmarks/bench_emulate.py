@@ -27,7 +27,8 @@ from benchmarks._common import DATA, RESULTS, median, table, timeit, write_json 
 from qcompile.backends.mpfr.config import make_config  # noqa: E402
 from qcompile.backends.mpfr.interpreter import Interpreter, RefEngine  # noqa: E402
 from qcompile.backends.mpfr.listeners import same_bits  # noqa: E402
-from qcompile.frontend import lift, zoo  # noqa: E402
+from qcompile.frontend import lift  # noqa: E402
+from qcompile.testing import zoo  # noqa: E402
 
 C_ENGINE_MS = 4362.0  # C++ MPFR engine, ResNet-18 128x128, 64 threads (from the issue)
 

@@ -40,8 +40,9 @@ from qcompile.backends.ort.cpu import detect_cpu, int8_defaults  # noqa: E402
 from qcompile.backends.ort.executor import OrtExecutor  # noqa: E402
 from qcompile.backends.ort.measure import ModelRunner, optimized_op_counts, tile_batch  # noqa: E402
 from qcompile.data import open_dataset, preset  # noqa: E402
-from qcompile.frontend import lift, zoo  # noqa: E402
+from qcompile.frontend import lift  # noqa: E402
 from qcompile.passes import PassContext, parse_pipeline, run_pipeline  # noqa: E402
+from qcompile.testing import zoo  # noqa: E402
 
 DATA = Path(os.environ.get("QCOMPILE_DATA", REPO.parent / "shared" / "data"))
 MODELS = {  # name: (model file or zoo, data file, preset, calib, eval (None: rest))

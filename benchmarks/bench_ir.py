@@ -19,8 +19,9 @@ import onnx  # noqa: E402
 
 from benchmarks._common import median, table, timeit, write_json  # noqa: E402
 from qcompile.backends.ort import lower, save_model  # noqa: E402
-from qcompile.frontend import lift, zoo  # noqa: E402
+from qcompile.frontend import lift  # noqa: E402
 from qcompile.passes import PassContext, parse_pipeline, run_pipeline  # noqa: E402
+from qcompile.testing import zoo  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,8 +49,8 @@ TUNING = ("cle", "absorb", "adaround", "bias_correct", "reconstruct", "clip_sear
 
 
 def pipeline_of(config: str) -> str:
+    from qcompile.driver.presets import PRESETS
     from qcompile.passes.pipeline import split_specs
-    from qcompile.presets import PRESETS
 
     if config.startswith("rtn:"):
         return ",".join(s for s in split_specs(PRESETS[config[4:]])
@@ -64,9 +64,9 @@ def child(model: str, config: str, cpu: str) -> dict:
     from qcompile.backends.ort.executor import OrtExecutor
     from qcompile.backends.ort.runtime import session
     from qcompile.data import open_dataset, preset
+    from qcompile.driver.targets import configure_pipeline, get_target
     from qcompile.frontend import lift
     from qcompile.passes import PassContext, run_pipeline
-    from qcompile.targets import configure_pipeline, get_target
 
     spec, data, pre, n_calib, n_eval = MODELS[model]
     ds = open_dataset(DATA / data, preset(pre))

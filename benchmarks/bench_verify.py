@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import DATA, table, write_json  # noqa: E402
-from qcompile.verify import verify_model  # noqa: E402
+from qcompile.driver.verify import verify_model  # noqa: E402
 
 N_CALIB = 256
 
@@ -46,7 +46,7 @@ def explain_fused(q: Path, evald: Path) -> dict:
     requantisation ``rint(float32(acc) * float32(float32(s_x s_w) / s_y)) + z``."""
     from qcompile.backends.mpfr import ops_qdq as F
     from qcompile.data import open_dataset, preprocess_from_options
-    from qcompile.verify_run import VerifySession
+    from qcompile.driver.verify.session import VerifySession
 
     vs = VerifySession(str(q), opt_level="all")
     ds = open_dataset(str(evald), preprocess_from_options("cifar"))

@@ -16,8 +16,8 @@ import onnx
 import onnxruntime as ort
 
 import qcompile
-from qcompile.analysis import inspect_graph
-from qcompile.frontend import zoo
+from qcompile.driver.inspect import inspect_graph
+from qcompile.testing import zoo
 
 
 def main() -> None:

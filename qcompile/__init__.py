@@ -29,7 +29,7 @@ _EXPORTS = {
     "REGISTRY": "qcompile.passes",
     "parse_pipeline": "qcompile.passes",
     "run_pipeline": "qcompile.passes",
-    "compile_model": "qcompile.pipeline",
+    "compile_model": "qcompile.driver.compile",
     "QCompileError": "qcompile.errors",
 }
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from qcompile.cli import app
-from qcompile.frontend import zoo
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import tiny_npz
 
 runner = CliRunner()

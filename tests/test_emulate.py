@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qcompile.cli import app
-from qcompile.frontend import zoo
+from qcompile.testing import zoo
 
 runner = CliRunner()
 

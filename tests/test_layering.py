@@ -11,7 +11,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "qcompile"
 
 ALLOWED = {
-    "onnx": ("frontend", "backends/ort"),
+    "onnx": ("frontend", "backends/ort", "testing"),
     "onnxruntime": ("backends/ort",),
     "gmpy2": ("numerics", "backends/mpfr"),
 }

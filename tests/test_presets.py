@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from qcompile.cli import app
+from qcompile.driver.presets import PRESETS, preset_pipeline
+from qcompile.driver.targets import configure_pipeline, get_target
 from qcompile.passes import parse_pipeline
-from qcompile.presets import PRESETS, preset_pipeline
-from qcompile.targets import configure_pipeline, get_target
 
 INT_PRESETS = [n for n in PRESETS if any(p.name == "quantize" for p in parse_pipeline(PRESETS[n]))]
 

@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from qcompile.cli import app
-from qcompile.frontend import lift, zoo
-from qcompile.pass_report import layer_names, stage_value
+from qcompile.driver.pass_report import layer_names, stage_value
+from qcompile.frontend import lift
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import tiny_npz
 
 runner = CliRunner()

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from qcompile.cli import app
+from qcompile.driver.sweep import expand_formats, family, pipeline_for
 from qcompile.errors import OptionError
-from qcompile.frontend import zoo
-from qcompile.sweep import expand_formats, family, pipeline_for
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import tiny_npz
 
 runner = CliRunner()
@@ -82,7 +82,7 @@ def test_cli_sweep_small_end_to_end(mini, tmp_path):
 
 
 def test_sweep_evaluation_images_disjoint_from_calibration(mini):
-    from qcompile.sweep import FormatEvaluator
+    from qcompile.driver.sweep import FormatEvaluator
 
     m, d = mini
     ev = FormatEvaluator(str(m), str(d), "none", 10, 8)

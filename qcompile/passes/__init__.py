@@ -18,7 +18,7 @@ from qcompile.passes.calibrate import Calibrate
 from qcompile.passes.cle import CrossLayerEqualize
 from qcompile.passes.cleanup import Cleanup
 from qcompile.passes.clip_search import ClipSearch
-from qcompile.passes.fold_bn import FoldBatchNorm
+from qcompile.passes.fold import FoldBatchNorm
 from qcompile.passes.pipeline import (
     DumpDir,
     PipelineResult,

@@ -30,14 +30,14 @@ from qcompile.numerics import adaround as ar
 from qcompile.numerics import patches as pt
 from qcompile.numerics._blas import blas_threads
 from qcompile.passes import checks
-from qcompile.passes.base import Pass, PassContext, PassResult, Stats
-from qcompile.passes.layerwise import (
+from qcompile.passes._layerwise import (
     QLayer,
     Ticker,
     calibration_inputs,
     float_reference,
     quantised_layers,
 )
+from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ The front, the choice and the measured accuracies are logged and stored in the m
 Float and posit formats (``weights=e4m3``, ``bf16``, ``b12e4``, ``posit8_1``, ...; one weight format,
 ``activations`` a float/posit format too, defaulting to the weights' format): policies ``uniform``
 and ``first-last`` insert explicit ``qcompile.FQ`` ops with amax scaling
-(:mod:`qcompile.passes.assign_float`); kept layers stay in the backend's arithmetic format. Such
+(:mod:`qcompile.passes._assign_float`); kept layers stay in the backend's arithmetic format. Such
 graphs run on the MPFR backend (``qcompile emulate``); the ORT backend refuses them.
 """
 
@@ -53,9 +53,9 @@ from qcompile.errors import OptionError, QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN, Graph
 from qcompile.numerics import quant
 from qcompile.passes import checks
-from qcompile.passes.assign_float import float_layers, insert_formats, is_int_spec, parse_fq
+from qcompile.passes._assign_float import float_layers, insert_formats, is_int_spec, parse_fq
+from qcompile.passes._precision import HeldOut, Layer, avg_bits, set_weight_format, weight_layers
 from qcompile.passes.base import Check, Pass, PassContext, PassResult, Stats
-from qcompile.passes.precision import HeldOut, Layer, avg_bits, set_weight_format, weight_layers
 from qcompile.passes.quantize import Quantize
 from qcompile.passes.sensitivity import int_weight_type, layer_sensitivity, quantised_base
 

@@ -18,7 +18,7 @@ following layers. With ``b_o' = b_o - E[e_o]`` the mean is restored:
 The correction goes into the float constant under the layer's int32 bias QDQ (quantised at
 ``s_in s_w`` by the lowering). Written before ``quantize`` in a ``qcompile run`` pipeline
 (``calibrate,bias_correct,quantize``) it is scheduled right after that ``quantize`` (see
-``qcompile.targets.defer_to_anchor``). Declines (counted, explained): float layers, layers without a
+``qcompile.driver.targets.defer_to_anchor``). Declines (counted, explained): float layers, layers without a
 bias input (a bias would have to be added after ``quantize``), shared bias constants.
 """
 
@@ -34,14 +34,14 @@ from qcompile.ir import Graph, Value
 from qcompile.numerics import patches as pt
 from qcompile.numerics._blas import blas_threads
 from qcompile.passes import checks
-from qcompile.passes.base import Pass, PassContext, PassResult, Stats
-from qcompile.passes.layerwise import (
+from qcompile.passes._layerwise import (
     QLayer,
     Ticker,
     calibration_inputs,
     float_reference,
     quantised_layers,
 )
+from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ def exclusive_const(v: Value | None, node: Node) -> bool:
 def _bn_folded(graph: Graph) -> str | None:
     # Same predicate the fold pass uses, so a BN that fold declines (shared weight...) does not
     # count as unfolded: later passes treat it as an ordinary op.
-    from qcompile.passes.fold_bn import fold_blocker
+    from qcompile.passes.fold import fold_blocker
 
     left = [n.name for n in graph.nodes if n.op == "BatchNormalization" and n.domain == ""
             and fold_blocker(n) is None]

@@ -49,14 +49,14 @@ from qcompile.numerics import clipping, quant
 from qcompile.numerics import patches as pt
 from qcompile.numerics._blas import blas_threads
 from qcompile.passes import checks
-from qcompile.passes.base import Check, Pass, PassContext, PassResult, PreconditionError, Stats
-from qcompile.passes.layerwise import (
+from qcompile.passes._layerwise import (
     QLayer,
     calibration_inputs,
     float_reference,
     is_qdq,
     quantised_layers,
 )
+from qcompile.passes.base import Check, Pass, PassContext, PassResult, PreconditionError, Stats
 
 
 def _not_quantized(graph: Graph) -> str | None:

@@ -46,8 +46,7 @@ from qcompile.numerics import patches as pt
 from qcompile.numerics import reconstruct as rc
 from qcompile.numerics._blas import blas_threads
 from qcompile.passes import checks
-from qcompile.passes.base import Pass, PassContext, PassResult, Stats
-from qcompile.passes.layerwise import (
+from qcompile.passes._layerwise import (
     QLayer,
     Ticker,
     calibration_inputs,
@@ -55,7 +54,8 @@ from qcompile.passes.layerwise import (
     is_qdq,
     quantised_layers,
 )
-from qcompile.passes.reconstruct_graph import BlockPlan, block_plans, build_block
+from qcompile.passes._reconstruct_graph import BlockPlan, block_plans, build_block
+from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Base configuration: every quantisable op quantised by ``quantize`` (weights at ``base``, the
 widest format, activations at ``activations``). For each weighted layer ``l`` and each
 candidate weight format ``f`` the base graph is cloned, only ``l``'s weight QDQ is re-typed to
-``f`` (:func:`qcompile.passes.precision.set_weight_format`) and the graph runs on ``images``
+``f`` (:func:`qcompile.passes._precision.set_weight_format`) and the graph runs on ``images``
 held-out labelled images (never calibration images) through ``ctx.executor``:
 
 * ``drop_l,f = acc(base) - acc(base with l at f)`` (points, i.e. percent);
@@ -35,8 +35,8 @@ from qcompile.errors import OptionError
 from qcompile.ir import Graph
 from qcompile.numerics import quant
 from qcompile.passes import checks
+from qcompile.passes._precision import HeldOut, set_weight_format, sqnr_db, weight_layers
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
-from qcompile.passes.precision import HeldOut, set_weight_format, sqnr_db, weight_layers
 from qcompile.passes.quantize import Quantize
 
 REPORT_KEY = "qcompile.sensitivity"

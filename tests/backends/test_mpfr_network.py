@@ -9,8 +9,9 @@ from qcompile.backends.mpfr.config import make_config
 from qcompile.backends.mpfr.interpreter import Interpreter
 from qcompile.backends.mpfr.listeners import same_bits
 from qcompile.errors import UnsupportedOpError
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.passes import PassContext, parse_pipeline, run_pipeline
+from qcompile.testing import zoo
 
 CONFIGS = {
     "b15e4-nearest": dict(bits=15, exp_bits=4),

@@ -14,8 +14,9 @@ from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.backends.ort.measure import node_providers, optimized_op_counts
 from qcompile.backends.ort.runtime import run
 from qcompile.errors import OptionError
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.numerics.error import sqnr_db
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 
 

@@ -15,8 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.backends.ort import lower, save_model
 from qcompile.errors import ModelError, QCompileError
-from qcompile.frontend import lift, load_model, zoo
+from qcompile.frontend import lift, load_model
 from qcompile.ir import format_graph, is_known, verify
+from qcompile.testing import zoo
 
 SHARED_MODELS = ["cifar10_resnet20.onnx", "cifar10_resnet56.onnx", "efficientnet_lite0.onnx"]
 

@@ -1,4 +1,4 @@
-"""Tests for the random-weight ONNX model zoo (qcompile.frontend.zoo)."""
+"""Tests for the random-weight ONNX model zoo (qcompile.testing.zoo)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from qcompile.frontend import zoo
+from qcompile.testing import zoo
 
 SMALL_BUILDERS = {
     "conv_bn_relu": zoo.conv_bn_relu,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import (
     DType,
     Graph,
@@ -20,6 +20,7 @@ from qcompile.ir import (
     format_graph,
     verify,
 )
+from qcompile.testing import zoo
 
 T4 = TensorType(DType.FLOAT, (1, 4))
 

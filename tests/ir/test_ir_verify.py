@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import (
     QCOMPILE_DOMAIN,
     DType,
@@ -18,6 +18,7 @@ from qcompile.ir import (
     VerifyError,
     verify,
 )
+from qcompile.testing import zoo
 
 T4 = TensorType(DType.FLOAT, (1, 4))
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import QCOMPILE_DOMAIN, DType, Graph, Node, TensorType, format_graph
+from qcompile.testing import zoo
 
 
 def tiny() -> Graph:

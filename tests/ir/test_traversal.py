@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import (
     QCOMPILE_DOMAIN,
     DType,
@@ -17,6 +17,7 @@ from qcompile.ir import (
     single_consumer,
     to_networkx,
 )
+from qcompile.testing import zoo
 
 T4 = TensorType(DType.FLOAT, (1, 4))
 

@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcompile.numerics.posit import (
-    PositFormat, decode, parse_posit, quire_dot, round_pattern, round_to,
+    PositFormat,
+    decode,
+    parse_posit,
+    quire_dot,
+    round_pattern,
+    round_to,
 )
 from qcompile.numerics.posit_ref import decode_exact, round_exact
 

@@ -9,9 +9,9 @@ import onnxruntime as ort
 
 from qcompile.backends.ort import lower
 from qcompile.backends.ort.executor import OrtExecutor
-from qcompile.frontend import zoo
 from qcompile.ir import DType, Graph, Node, TensorType, format_graph, verify
 from qcompile.passes import PassContext, parse_pipeline, run_pipeline
+from qcompile.testing import zoo
 
 Batch = namedtuple("Batch", "x labels indices")
 

@@ -11,14 +11,15 @@ from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.backends.ort.runtime import run
 from qcompile.data import open_dataset
 from qcompile.errors import OptionError
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import format_graph
 from qcompile.numerics import quant
 from qcompile.numerics.adaround import AdaRoundConfig, adaround, reconstruction_loss
 from qcompile.numerics.error import sqnr_db
 from qcompile.passes import PassContext, PreconditionError, parse_pipeline, run_pipeline
+from qcompile.passes._layerwise import quantised_layers
 from qcompile.passes.base import Stats
-from qcompile.passes.layerwise import quantised_layers
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 
 PIPE = "fold,calibrate{images=32},quantize{weights=int4,reduce_range=false}"

@@ -17,7 +17,7 @@ from qcompile.ir import QCOMPILE_DOMAIN
 from qcompile.numerics import quant
 from qcompile.numerics.clipping import symmetric_weight_scale
 from qcompile.passes import parse_pipeline
-from qcompile.passes.precision import avg_bits, weight_layers
+from qcompile.passes._precision import avg_bits, weight_layers
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 from tests.passes.test_quantize import clip_pool_pad_model
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from qcompile.backends.mpfr import Interpreter, make_config
+from qcompile.driver.presets import FLOAT_PRESETS, preset_pipeline
 from qcompile.errors import OptionError, QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN
 from qcompile.numerics.fq import fq_format, fq_round
 from qcompile.passes import parse_pipeline
-from qcompile.presets import FLOAT_PRESETS, preset_pipeline
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 from tests.passes.test_quantize import clip_pool_pad_model
 
@@ -145,15 +145,15 @@ def test_option_errors_are_one_line(opts, match):
 
 
 def test_presets_parse_and_ort_int8_refuses(data, tmp_path):
-    from qcompile.pipeline import compile_model
-    from qcompile.presets import PRESETS
+    from qcompile.driver.compile import compile_model
+    from qcompile.driver.presets import PRESETS
 
     for name, text in FLOAT_PRESETS.items():
         assert PRESETS[name] == text == preset_pipeline(name)
         parse_pipeline(text)
     import onnx
 
-    from qcompile.frontend.zoo import mini_resnet
+    from qcompile.testing.zoo import mini_resnet
 
     m = tmp_path / "m.onnx"
     onnx.save(mini_resnet(), m)
@@ -170,8 +170,8 @@ def test_emulate_with_preset_leaves_out_calibration_images(data):
 
     import onnx
 
-    from qcompile.emulate import emulate
-    from qcompile.frontend.zoo import mini_resnet
+    from qcompile.driver.emulate import emulate
+    from qcompile.testing.zoo import mini_resnet
 
     d = Path(tempfile.mkdtemp())
     onnx.save(mini_resnet(), d / "m.onnx")

@@ -7,10 +7,10 @@ import pytest
 
 from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.data import open_dataset
-from qcompile.frontend import zoo
 from qcompile.ir import format_graph
 from qcompile.passes import PassContext, parse_pipeline, run_pipeline
-from qcompile.passes.layerwise import float_reference
+from qcompile.passes._layerwise import float_reference
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 
 PIPE = "fold,calibrate{images=32},quantize{weights=int4,reduce_range=false}"

@@ -10,10 +10,11 @@ import pytest
 from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.data import open_dataset
 from qcompile.errors import OptionError, QCompileError
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import RANGE
 from qcompile.passes import PassContext, PreconditionError, parse_pipeline, run_pipeline
 from qcompile.passes.calibrate import METADATA_KEY, Calibrate, observed_values
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 
 

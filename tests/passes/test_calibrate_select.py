@@ -14,12 +14,13 @@ from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.data import open_dataset
 from qcompile.data import select as sel
 from qcompile.errors import OptionError
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import RANGE
 from qcompile.passes import PassContext, parse_pipeline
+from qcompile.passes._layerwise import calibration_inputs
 from qcompile.passes._select import feature_value, recorded_selection
 from qcompile.passes.calibrate import METADATA_KEY, Calibrate
-from qcompile.passes.layerwise import calibration_inputs
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph
 
 

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from qcompile.backends.ort import lower
 from qcompile.backends.ort.executor import OrtExecutor
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import format_graph, verify
 from qcompile.passes import PassContext, PreconditionError, parse_pipeline, run_pipeline
 from qcompile.passes.cle import CrossLayerEqualize, _sink_slices, _src_view
+from qcompile.testing import zoo
 
 
 def _run(model, spec="fold,cle", ctx=None):

@@ -9,9 +9,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.backends.ort import lower
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import Graph, format_graph, verify
 from qcompile.passes import Cleanup, PassContext, PassResult, parse_pipeline, run_pipeline
+from qcompile.testing import zoo
 
 
 def run_ort(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -14,12 +14,12 @@ from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.backends.ort.runtime import run
 from qcompile.data import open_dataset
 from qcompile.errors import OptionError
-from qcompile.frontend import zoo
 from qcompile.ir import RANGE, format_graph
 from qcompile.numerics import clipping, quant
 from qcompile.passes import PassContext, PreconditionError, parse_pipeline, run_pipeline
+from qcompile.passes._layerwise import quantised_layers
 from qcompile.passes.base import Stats
-from qcompile.passes.layerwise import quantised_layers
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 
 PIPE = "fold,calibrate{images=16},quantize{weights=int4,reduce_range=false}"

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.backends.ort import lower
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import Graph, format_graph, verify
 from qcompile.passes import (
     FoldBatchNorm,
@@ -22,6 +22,7 @@ from qcompile.passes import (
     parse_pipeline,
     run_pipeline,
 )
+from qcompile.testing import zoo
 
 REL_TOL = 1e-5
 

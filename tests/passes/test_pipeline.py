@@ -12,7 +12,7 @@ import pytest
 
 import qcompile.passes as passes_pkg
 from qcompile.errors import OptionError, QCompileError, UnsupportedOpError
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import DType, Graph, Node, TensorType, Use, format_graph
 from qcompile.passes import (
     REGISTRY,
@@ -28,6 +28,7 @@ from qcompile.passes import (
     parse_pipeline,
     run_pipeline,
 )
+from qcompile.testing import zoo
 
 
 # -- dummy passes ---------------------------------------------------------------------------------------------

@@ -11,12 +11,13 @@ from qcompile.backends.ort import lower
 from qcompile.backends.ort.measure import optimized_op_counts
 from qcompile.backends.ort.runtime import run
 from qcompile.errors import OptionError
-from qcompile.frontend import lift, zoo
+from qcompile.frontend import lift
 from qcompile.ir import QCOMPILE_DOMAIN, RANGE, Range, format_graph
 from qcompile.numerics import quant
 from qcompile.numerics.error import sqnr_db
 from qcompile.passes import PassContext, parse_pipeline
 from qcompile.passes.quantize import Quantize
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 
 

@@ -14,7 +14,6 @@ from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.backends.ort.runtime import run
 from qcompile.data import open_dataset
 from qcompile.errors import OptionError
-from qcompile.frontend import zoo
 from qcompile.ir import format_graph
 from qcompile.numerics import quant
 from qcompile.numerics import reconstruct as rc
@@ -22,9 +21,10 @@ from qcompile.numerics import reconstruct_ops as rops
 from qcompile.numerics.error import sqnr_db
 from qcompile.numerics.patches import LinearGeometry
 from qcompile.passes import PassContext, parse_pipeline, run_pipeline
+from qcompile.passes._layerwise import quantised_layers
+from qcompile.passes._reconstruct_graph import block_plans, build_block
 from qcompile.passes.base import Stats
-from qcompile.passes.layerwise import quantised_layers
-from qcompile.passes.reconstruct_graph import block_plans, build_block
+from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 
 PIPE = ("fold,calibrate{images=32,bits=4},quantize{weights=int4,activations=uint4,"

@@ -4,7 +4,7 @@ For every pass stage ``k`` (the graph right after pass ``k``) and every *layer* 
 
     SQNR_k(l) = 10 log10( sum y_l^2 / sum (y_l - y~_{k,l})^2 )
 
-over all evaluation images (:class:`qcompile.report.SqnrAccumulator`), ``y~_{k,l}`` the tensor
+over all evaluation images (:class:`qcompile.driver.report.SqnrAccumulator`), ``y~_{k,l}`` the tensor
 in the stage-``k`` graph, run by the injected executor (ONNX Runtime: QDQ graphs run as
 fake-quantised float, the requested tensors being exposed).
 
@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from qcompile.driver.report import SqnrAccumulator, SqnrReport, atomic_write, check_output_path
 from qcompile.errors import QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN, Graph, Value
 from qcompile.passes.base import Pass, PassResult
-from qcompile.report import SqnrAccumulator, SqnrReport, atomic_write, check_output_path
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat",
              "BatchNormalization", "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid",
@@ -308,9 +308,9 @@ def pass_report(model: str | Path, passes: str, *, calib: str | None, preprocess
                 log: Callable[[str], None] = lambda m: None) -> PassReport:
     """Lift ``model``, run ``passes`` (configured for ``target`` as ``qcompile run`` does)
     recording every stage, and build the per-layer SQNR report."""
+    from qcompile.driver.targets import configure_pipeline, get_target
     from qcompile.frontend import lift
     from qcompile.passes import PassContext, run_pipeline
-    from qcompile.targets import configure_pipeline, get_target
 
     if limit is not None and limit < 1:
         raise ReportError(f"--limit {limit}: need at least 1 evaluation image")

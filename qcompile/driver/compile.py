@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from qcompile.driver.targets import check_graph, configure_pipeline, get_target
 from qcompile.errors import QCompileError
 from qcompile.passes import REGISTRY, DumpDir, PassContext, PrintAfter, run_pipeline
-from qcompile.targets import check_graph, configure_pipeline, get_target
 
 
 def _executor():

@@ -246,7 +246,7 @@ def to_markdown(rep: dict) -> str:
 
 def save_plot(rep: dict, path: str | Path) -> Path:
     """Accuracy vs bits, one line per family, FP32 dashed; written atomically."""
-    from qcompile.report import check_output_path, pyplot, save_figure
+    from qcompile.driver.report import check_output_path, pyplot, save_figure
 
     check_output_path(path)  # before drawing
     plt = pyplot()

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli_common import app, echo_json, progress, user_errors
+from qcompile.cli.common import app, echo_json, progress, user_errors
 from qcompile.errors import QCompileError
 
 DEFAULT_FORMATS = "int4,int8,e4m3,e5m2,bf16,posit8_1,posit16_1"
@@ -40,8 +40,8 @@ def sweep_cmd(
 
       qcompile sweep m.onnx --data imgs/ --preprocess imagenet --formats "b12e4..b16e4" --json
     """
-    from qcompile.report import atomic_write, check_output_path
-    from qcompile.sweep import expand_formats, save_plot, sweep, to_markdown
+    from qcompile.driver.report import atomic_write, check_output_path
+    from qcompile.driver.sweep import expand_formats, save_plot, sweep, to_markdown
 
     fmts = expand_formats(formats)  # validated before any work
     for p in (output, plot):

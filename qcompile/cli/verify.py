@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli_common import app, echo_json, user_errors
+from qcompile.cli.common import app, echo_json, user_errors
 from qcompile.errors import OptionError
 
 OPT_LEVELS = ("all", "extended", "basic", "none")
@@ -56,7 +56,7 @@ def verify_cmd(
 
       qcompile verify r20_int8.onnx --data D.npz --preprocess cifar --reference fp64 --layers --plot sqnr.png
     """
-    from qcompile.verify import format_text, verify_model
+    from qcompile.driver.verify import format_text, verify_model
 
     if opt_level not in OPT_LEVELS:
         raise OptionError(f"--opt-level: {opt_level!r} is not one of {', '.join(OPT_LEVELS)}")

@@ -20,8 +20,8 @@ from qcompile.errors import QCompileError
 from qcompile.ir import Graph, Node, Value
 from qcompile.numerics import patches as pt
 from qcompile.numerics import reconstruct as rc
+from qcompile.passes._layerwise import WEIGHTED, QLayer, is_qdq, quantised_layers
 from qcompile.passes.base import Stats
-from qcompile.passes.layerwise import WEIGHTED, QLayer, is_qdq, quantised_layers
 from qcompile.passes.quantize import TRANSPARENT, _activation_bounds
 
 _RESHAPE = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli_common import app, echo_json, progress, user_errors
+from qcompile.cli.common import app, echo_json, progress, user_errors
 from qcompile.errors import QCompileError
 
 
@@ -53,8 +53,8 @@ def report_cmd(
       qcompile report ../shared/data/cifar10_resnet20.onnx --preset w4a8 --calib
       ../shared/data/cifar10_test_dev.npz --preprocess cifar --json
     """
-    from qcompile.pass_report import check_output_path, pass_report, write_outputs
-    from qcompile.presets import preset_pipeline
+    from qcompile.driver.pass_report import check_output_path, pass_report, write_outputs
+    from qcompile.driver.presets import preset_pipeline
 
     if preset is not None and passes is not None:
         raise QCompileError("--preset and --passes both given; use one")

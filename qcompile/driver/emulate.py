@@ -81,7 +81,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     if verify < 0:
         raise QCompileError("--verify K: K must be >= 0")
     if preset is not None:
-        from qcompile.presets import preset_pipeline
+        from qcompile.driver.presets import preset_pipeline
 
         if passes:
             raise QCompileError("--preset and --passes both given; use one")

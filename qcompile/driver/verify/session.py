@@ -1,4 +1,4 @@
-"""The two executions behind ``qcompile verify`` and their comparison (see :mod:`qcompile.verify`).
+"""The two executions behind ``qcompile verify`` and their comparison (see :mod:`qcompile.driver.verify`).
 
 ``VerifySession(path)``: an ONNX Runtime session exposing every quantised tensor, and the
 MPFR interpreter (binary64 for the leftover float ops) over the exact integer graph.
@@ -14,9 +14,9 @@ from qcompile.backends.mpfr import Interpreter, make_config
 from qcompile.backends.mpfr.ops_qdq_fuse import exact_integer_graph
 from qcompile.backends.ort.intermediates import IntermediateRunner
 from qcompile.data import open_dataset, preprocess_from_options
+from qcompile.driver.verify.compare import FloatCmp, TensorCmp
 from qcompile.errors import QCompileError
 from qcompile.frontend import lift
-from qcompile.verify import FloatCmp, TensorCmp
 
 EXACT_FORMAT = dict(bits=64, exp_bits=11)  # binary64 for the float ops left in the graph
 

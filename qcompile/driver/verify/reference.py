@@ -13,7 +13,7 @@ order changes results by ~1e-16 relative, nothing an SQNR can see).
 
 Reported: SQNR of the quantised model's logits (ONNX Runtime) against the float model's and
 top-1 agreement; with ``--layers`` the SQNR of every quantised tensor (dequantised) against
-the float value it quantises, as a :class:`qcompile.report.SqnrReport` (markdown / PNG).
+the float value it quantises, as a :class:`qcompile.driver.report.SqnrReport` (markdown / PNG).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from qcompile.backends.mpfr import Interpreter, make_config
+from qcompile.driver.report import SqnrAccumulator, SqnrReport
 from qcompile.errors import OptionError
 from qcompile.ir import Graph
 from qcompile.numerics import quant
-from qcompile.report import SqnrAccumulator, SqnrReport
 
 FP64 = ("fp64", "binary64", "double", "float64")
 

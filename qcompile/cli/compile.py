@@ -1,0 +1,151 @@
+"""``qcompile run`` (lift -> passes -> lower -> write) and ``qcompile passes``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qcompile.cli.common import app, user_errors
+from qcompile.cli.common import echo_json as _echo_json
+from qcompile.cli.common import progress as _progress
+from qcompile.errors import QCompileError
+
+
+@app.command()
+@user_errors
+def run(
+    model: str = typer.Argument(..., help="ONNX model file"),
+    output: str = typer.Option(..., "-o", "--output", help="where to write the lowered model"),
+    passes: Optional[str] = typer.Option(None, "--passes", "-p",
+                                         help="pipeline, e.g. 'fold,cleanup' (default; see "
+                                         "`qcompile passes`)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="w8a8|w8a8-per-tensor|w4a8|"
+                                         "w4a4|w2a4: the best pipeline for that bit budget "
+                                         "(`qcompile passes --presets`)"),
+    target: str = typer.Option("ort-fp32", "--target", "-t",
+                               help="ort-fp32 | ort-int8 (adds 'quantize' when missing)"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="calibration data: .npz/.npy, image folder or image"),
+    preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
+    print_after: list[str] = typer.Option([], "--print-after", help="print the IR after PASS ('all' for every pass)"),
+    dump_dir: Optional[str] = typer.Option(None, "--dump-dir", help="write the IR after each pass to DIR"),
+    seed: int = typer.Option(0, "--seed", help="random seed (calibration image choice)"),
+    as_json: bool = typer.Option(False, "--json", help="print the pass report as JSON"),
+    cpu: Optional[str] = typer.Option(None, "--cpu", help="ort-int8: vnni|avx2|arm|generic "
+                                      "(default: detected from /proc/cpuinfo)"),
+    report_md: Optional[str] = typer.Option(None, "--report", help="also write the per-layer SQNR "
+                                         "report after each pass to REPORT.md and its plot "
+                                         "to REPORT.png (evaluated on --calib images not "
+                                         "used for calibration; `qcompile report` has more "
+                                         "options)"),
+) -> None:
+    """Lift MODEL, run the pass pipeline, lower to TARGET and write OUTPUT.
+
+    Examples:
+
+      qcompile run ../shared/data/cifar10_resnet20.onnx --passes fold --target ort-fp32 -o f.onnx
+
+      qcompile run ../shared/data/cifar10_resnet56.onnx --passes fold,calibrate,quantize
+      --target ort-int8 --calib ../shared/data/cifar10_test_dev.npz --preprocess cifar -o r56_int8.onnx
+
+      qcompile run m.onnx -p "fold,cleanup" --print-after fold --dump-dir dumps/ -o m_folded.onnx
+
+      qcompile run ../shared/data/cifar10_resnet20.onnx --preset w4a8 --target ort-int8
+      --calib ../shared/data/cifar10_test_dev.npz --preprocess cifar -o r20_w4a8.onnx
+      --report r20_w4a8.md
+    """
+    from qcompile.driver.compile import compile_model
+    from qcompile.driver.presets import preset_pipeline
+
+    if preset is not None and passes is not None:
+        raise QCompileError("--preset and --passes both given; use one (a preset is a "
+                            "pipeline: `qcompile passes --presets` shows it)")
+    passes = preset_pipeline(preset) if preset is not None else (passes or "fold,cleanup")
+    out = Path(output)
+    if not out.parent.exists():
+        raise QCompileError(f"output: folder {out.parent} does not exist; create it or choose "
+                            "another -o path")
+    recorder, plot = None, None
+    if report_md is not None:
+        from qcompile.driver.pass_report import StageRecorder, check_output_path
+
+        if calib is None:
+            raise QCompileError("--report needs --calib (the report is evaluated on the "
+                                "calibration source's images not used for calibration)")
+        plot = str(Path(report_md).with_suffix(".png"))
+        check_output_path(report_md)
+        recorder = StageRecorder()
+    log = lambda m: typer.echo(m, err=True)  # noqa: E731
+    report = compile_model(model, output, passes=passes, target=target, calib=calib,
+                           preprocess=preprocess, print_after=print_after, dump_dir=dump_dir,
+                           seed=seed, log=log, cpu=cpu, progress=_progress,
+                           extra_instruments=[recorder] if recorder is not None else [])
+    if recorder is not None:
+        from qcompile.driver.pass_report import finish_report, write_outputs
+
+        write_outputs(finish_report(recorder, calib=calib, preprocess=preprocess,
+                                    progress=_progress, log=log), markdown=report_md, png=plot)
+        log(f"wrote {report_md} and {plot}")
+    if as_json:
+        _echo_json(report)
+        return
+    for step in report["passes"]:
+        stats = ", ".join(f"{k}={v}" for k, v in step["stats"].items()) or "no change"
+        typer.echo(f"{step['pass']:<12} {step['seconds'] * 1000:8.1f} ms  {stats}", err=True)
+        for note in step["notes"][:10]:
+            typer.echo(f"    declined: {note}", err=True)
+        if len(step["notes"]) > 10:
+            typer.echo(f"    ... {len(step['notes']) - 10} more (use --json)", err=True)
+    if "ort_ops" in report:
+        ops = report["ort_ops"]
+        fused = {k.split(".")[-1]: v for k, v in ops.items() if k.split(".")[-1].startswith("Q")
+                 and k.split(".")[-1] not in ("QuantizeLinear",)}
+        typer.echo("ORT CPU kernels: " + ", ".join(f"{k}={v}" for k, v in fused.items())
+                   + f"; float Conv={ops.get('Conv', 0)}, Add={ops.get('Add', 0)}", err=True)
+    typer.echo(f"wrote {report['output']} ({report['target']}, {report['nodes']} nodes)")
+
+
+@app.command("passes")
+@user_errors
+def list_passes(as_json: bool = typer.Option(False, "--json"),
+                presets: bool = typer.Option(False, "--presets",
+                                             help="show what each --preset expands to")) -> None:
+    """Every pass with its options, requires and ensures (or, with --presets, the presets).
+
+    Example: qcompile passes --json; qcompile passes --presets
+    """
+    from qcompile.passes import REGISTRY, describe_options
+
+    if presets:
+        from qcompile.driver.presets import PRESETS
+
+        if as_json:
+            _echo_json(PRESETS)
+            return
+        for name, text in PRESETS.items():
+            typer.echo(f"{name:<16} {text}")
+        return
+
+    rows = []
+    for name, cls in REGISTRY.items():
+        rows.append({
+            "name": name,
+            "summary": cls.summary or (cls.__doc__ or "").strip().splitlines()[0],
+            "options": [{"name": n, "type": t, "default": d} for n, t, d in describe_options(cls)],
+            "requires": [c.name for c in cls.requires],
+            "ensures": [c.name for c in cls.ensures],
+        })
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['name']}: {r['summary']}")
+        for o in r["options"]:
+            typer.echo(f"    {o['name']}: {o['type']} = {o['default']}")
+        if r["requires"]:
+            typer.echo(f"    requires: {', '.join(r['requires'])}")
+        if r["ensures"]:
+            typer.echo(f"    ensures:  {', '.join(r['ensures'])}")
+    typer.echo("\npipeline grammar: name{key=value,...},name,...  "
+               "e.g. fold,cle{iterations=10},calibrate{method=percentile,percentile=99.99}")
