@@ -4,8 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from qcompile.driver.report import SqnrAccumulator, SqnrReport, sqnr_from_sums
+from qcompile.driver.report import SqnrReport
 from qcompile.errors import QCompileError
+from qcompile.numerics.error import SqnrAccumulator, sqnr_from_sums
 
 
 def test_accumulator_matches_whole_set_sqnr():

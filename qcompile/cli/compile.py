@@ -11,6 +11,7 @@ from qcompile.cli.common import app, user_errors
 from qcompile.cli.common import echo_json as _echo_json
 from qcompile.cli.common import progress as _progress
 from qcompile.errors import QCompileError
+from qcompile.files import check_output_path
 
 
 @app.command()
@@ -62,13 +63,10 @@ def run(
         raise QCompileError("--preset and --passes both given; use one (a preset is a "
                             "pipeline: `qcompile passes --presets` shows it)")
     passes = preset_pipeline(preset) if preset is not None else (passes or "fold,cleanup")
-    out = Path(output)
-    if not out.parent.exists():
-        raise QCompileError(f"output: folder {out.parent} does not exist; create it or choose "
-                            "another -o path")
+    check_output_path(output, "-o")
     recorder, plot = None, None
     if report_md is not None:
-        from qcompile.driver.pass_report import StageRecorder, check_output_path
+        from qcompile.driver.pass_report import StageRecorder
 
         if calib is None:
             raise QCompileError("--report needs --calib (the report is evaluated on the "

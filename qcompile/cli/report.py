@@ -53,8 +53,9 @@ def report_cmd(
       qcompile report ../shared/data/cifar10_resnet20.onnx --preset w4a8 --calib
       ../shared/data/cifar10_test_dev.npz --preprocess cifar --json
     """
-    from qcompile.driver.pass_report import check_output_path, pass_report, write_outputs
+    from qcompile.driver.pass_report import pass_report, write_outputs
     from qcompile.driver.presets import preset_pipeline
+    from qcompile.files import check_output_path
 
     if preset is not None and passes is not None:
         raise QCompileError("--preset and --passes both given; use one")

@@ -40,8 +40,8 @@ def sweep_cmd(
 
       qcompile sweep m.onnx --data imgs/ --preprocess imagenet --formats "b12e4..b16e4" --json
     """
-    from qcompile.driver.report import atomic_write, check_output_path
     from qcompile.driver.sweep import expand_formats, save_plot, sweep, to_markdown
+    from qcompile.files import atomic_write, check_output_path
 
     fmts = expand_formats(formats)  # validated before any work
     for p in (output, plot):

@@ -15,6 +15,7 @@ import numpy as np
 
 from qcompile.driver.targets import check_graph, configure_pipeline, get_target
 from qcompile.errors import QCompileError
+from qcompile.files import check_output_path
 from qcompile.passes import REGISTRY, DumpDir, PassContext, PrintAfter, run_pipeline
 
 
@@ -52,10 +53,7 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
     for unknown in [n for n in print_after if n != "all" and n not in REGISTRY]:
         raise QCompileError(f"--print-after: unknown pass {unknown!r}; valid: "
                             f"{', '.join(sorted(REGISTRY))} or all")
-    out = Path(output)
-    if not out.parent.exists():
-        raise QCompileError(f"output: folder {out.parent} does not exist; create it or choose "
-                            "another -o path")
+    out = check_output_path(output, "-o")
     graph = lift(model)
     check_graph(tgt, graph, stage="input")
     ctx = PassContext(rng=np.random.default_rng(seed), verify_each=verify_each,

@@ -15,7 +15,6 @@ path and size) those images are left out, so accuracy is never measured on calib
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from qcompile.backends.ort.measure import ModelRunner, node_providers, provider_summary, tile_batch
 from qcompile.data import Dataset, open_dataset, preprocess_from_options
 from qcompile.errors import QCompileError
+from qcompile.numerics.error import sqnr_from_sums
 
 CALIB_KEY = "qcompile.calibration"
 
@@ -146,15 +146,8 @@ def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str = "no
         "excluded_calibration_images": int(excluded.size),
         "top1_agreement": agree / n, "top1_a": ca / n, "top1_b": cb / n,
         "top1_delta": (cb - ca) / n,
-        "logits_sqnr_db": _sqnr_from_sums(sig, noise),
+        "logits_sqnr_db": sqnr_from_sums(sig, noise),
     }
-
-
-def _sqnr_from_sums(signal: float, noise: float) -> float:
-    """``sqnr_db`` accumulated over batches: ``10 log10(sum a^2 / sum (a - b)^2)``."""
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 def _check_logits(y: np.ndarray, model: str) -> np.ndarray:

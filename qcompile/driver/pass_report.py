@@ -43,9 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from qcompile.driver.report import SqnrAccumulator, SqnrReport, atomic_write, check_output_path
+from qcompile.driver.report import SqnrReport
 from qcompile.errors import QCompileError
+from qcompile.files import atomic_write, check_output_path
 from qcompile.ir import QCOMPILE_DOMAIN, Graph, Value
+from qcompile.numerics.error import SqnrAccumulator
 from qcompile.passes.base import Pass, PassResult
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat",

@@ -22,45 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from qcompile.errors import QCompileError
+from qcompile.files import atomic_write, atomic_write_with
 
-__all__ = ["SqnrAccumulator", "SqnrReport", "atomic_write", "check_output_path",
-           "sqnr_from_sums"]
-
-
-def sqnr_from_sums(signal: float, noise: float) -> float:
-    """``10 log10(signal / noise)`` with ``inf`` for zero noise and ``-inf`` for zero signal."""
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
-
-
-class SqnrAccumulator:
-    """Accumulates ``sum ref^2`` and ``sum (ref - test)^2`` per name over batches (float64)."""
-
-    def __init__(self) -> None:
-        self.signal: dict[str, float] = {}
-        self.noise: dict[str, float] = {}
-
-    def add(self, name: str, ref: np.ndarray, test: np.ndarray) -> None:
-        r = np.asarray(ref, np.float64)
-        t = np.asarray(test, np.float64)
-        if r.shape != t.shape:
-            raise QCompileError(f"tensor '{name}': shapes differ ({r.shape} vs {t.shape})")
-        self.signal[name] = self.signal.get(name, 0.0) + float(np.sum(r * r))
-        self.noise[name] = self.noise.get(name, 0.0) + float(np.sum((r - t) ** 2))
-
-    def add_all(self, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
-                names: Sequence[str] | None = None) -> None:
-        for n in (names if names is not None else [k for k in ref if k in test]):
-            self.add(n, ref[n], test[n])
-
-    def sqnr(self, name: str) -> float:
-        return sqnr_from_sums(self.signal[name], self.noise[name])
-
-    def result(self, names: Sequence[str] | None = None) -> list[float]:
-        return [self.sqnr(n) for n in (names if names is not None else self.signal)]
+__all__ = ["SqnrReport", "pyplot", "save_figure"]
 
 
 def _fmt_db(v: float | None) -> str:
@@ -146,15 +110,11 @@ class SqnrReport:
 def save_figure(fig, path: str | Path, **savefig_kw) -> Path:
     """Save a matplotlib figure as PNG atomically (temporary sibling, then rename) and close it."""
     plt = pyplot()
-    out = check_output_path(path)
-    tmp = out.with_name(out.name + ".tmp.png")
     try:
-        fig.savefig(tmp, dpi=110, **savefig_kw)
-        tmp.replace(out)
+        return atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png",
+                                                              **savefig_kw), suffix=".png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out
 
 
 def pyplot():
@@ -167,23 +127,3 @@ def pyplot():
         raise QCompileError("PNG plots need matplotlib: pip install 'qcompile[bench]' "
                             "(or omit the .png output)") from None
     return plt
-
-
-def check_output_path(path: str | Path) -> Path:
-    """``path`` as a Path if a file can be written there (its folder exists, it is no folder)."""
-    p = Path(path)
-    if not p.parent.exists():
-        raise QCompileError(f"cannot write '{p}': folder '{p.parent}' does not exist; create it "
-                            "or choose another path")
-    if p.is_dir():
-        raise QCompileError(f"cannot write '{p}': it is a folder; give a file name")
-    return p
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to a temporary sibling, then rename it over ``path`` (no half-written file)."""
-    p = check_output_path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    tmp.replace(p)
-    return p

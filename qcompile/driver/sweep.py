@@ -246,7 +246,8 @@ def to_markdown(rep: dict) -> str:
 
 def save_plot(rep: dict, path: str | Path) -> Path:
     """Accuracy vs bits, one line per family, FP32 dashed; written atomically."""
-    from qcompile.driver.report import check_output_path, pyplot, save_figure
+    from qcompile.driver.report import pyplot, save_figure
+    from qcompile.files import check_output_path
 
     check_output_path(path)  # before drawing
     plt = pyplot()

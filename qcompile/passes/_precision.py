@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,14 +89,6 @@ def set_weight_format(graph: Graph, node_name: str, qt: quant.QType, *, method: 
 def _set_const(v, arr: np.ndarray) -> None:
     v.const = arr
     v.type = TensorType.of(arr)
-
-
-def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    noise = float(((ref.astype(np.float64) - test) ** 2).sum())
-    sig = float((ref.astype(np.float64) ** 2).sum())
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(sig / noise) if sig > 0 else -math.inf
 
 
 class HeldOut:

@@ -52,6 +52,7 @@ import numpy as np
 from qcompile.errors import OptionError, QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN, Graph
 from qcompile.numerics import quant
+from qcompile.numerics.error import sqnr_from_sums
 from qcompile.passes import checks
 from qcompile.passes._assign_float import float_layers, insert_formats, is_int_spec, parse_fq
 from qcompile.passes._precision import HeldOut, Layer, avg_bits, set_weight_format, weight_layers
@@ -396,7 +397,7 @@ def greedy_front(layers: list[Layer], keep: set[str], sens: dict, widths: list[i
 
     def point() -> dict:
         return {"avg_bits": avg_bits(layers, config), "pred_noise": total_noise,
-                "pred_sqnr_db": -10 * math.log10(total_noise) if total_noise > 0 else math.inf,
+                "pred_sqnr_db": sqnr_from_sums(1.0, total_noise),
                 "config": dict(config)}
 
     front = [point()]

@@ -34,8 +34,9 @@ import numpy as np
 from qcompile.errors import OptionError
 from qcompile.ir import Graph
 from qcompile.numerics import quant
+from qcompile.numerics.error import sqnr_db
 from qcompile.passes import checks
-from qcompile.passes._precision import HeldOut, set_weight_format, sqnr_db, weight_layers
+from qcompile.passes._precision import HeldOut, set_weight_format, weight_layers
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 from qcompile.passes.quantize import Quantize
 

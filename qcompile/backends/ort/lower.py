@@ -8,7 +8,6 @@ result passes ``onnx.checker``; ``save_model`` writes atomically (temp file, the
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from qcompile.backends.ort.rules import LOWER, LoweringContext
 from qcompile.errors import QCompileError
+from qcompile.files import atomic_write
 from qcompile.frontend.onnx_import import OpaqueAttr, skeleton
 from qcompile.ir import DType, Graph, Node, TensorType, Value, schema
 
@@ -76,7 +76,7 @@ _QC = "qcompile"
 
 
 def _version() -> str:
-    from qcompile import __version__
+    from qcompile._version import __version__
 
     return __version__
 
@@ -169,28 +169,6 @@ def output_names(node: Node, graph: Graph) -> list[str]:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write ``model`` atomically: a temp file in the target folder, then rename over ``path``."""
-    out = Path(path)
-    if not out.parent.exists():
-        raise QCompileError(f"output: folder {out.parent} does not exist; create it or choose "
-                            "another -o path")
-    if out.is_dir():
-        raise QCompileError(f"output: {out} is a folder; give a file name such as {out}/model.onnx")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        # mkstemp creates the file 0600; give it the mode a plain open() would (umask applies)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write ``model`` atomically (:func:`qcompile.files.atomic_write`: a temp file in the
+    target folder, then rename over ``path``)."""
+    return atomic_write(path, model.SerializeToString(), "output")

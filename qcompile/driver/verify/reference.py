@@ -21,10 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 from qcompile.backends.mpfr import Interpreter, make_config
-from qcompile.driver.report import SqnrAccumulator, SqnrReport
+from qcompile.driver.report import SqnrReport
 from qcompile.errors import OptionError
 from qcompile.ir import Graph
 from qcompile.numerics import quant
+from qcompile.numerics.error import SqnrAccumulator
 
 FP64 = ("fp64", "binary64", "double", "float64")
 
