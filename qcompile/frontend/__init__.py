@@ -1,5 +1,6 @@
-"""ONNX -> IR. ``lift(path_or_model) -> Graph``."""
+"""ONNX -> IR. ``lift(path_or_model, warn=...) -> Graph``."""
 
-from qcompile.frontend.onnx_import import OpaqueAttr, lift, load_model
+from qcompile.frontend.onnx_import import LiftWarning, lift, load_model
+from qcompile.frontend.proto import OpaqueAttr
 
-__all__ = ["OpaqueAttr", "lift", "load_model"]
+__all__ = ["LiftWarning", "OpaqueAttr", "lift", "load_model"]

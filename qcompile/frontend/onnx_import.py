@@ -1,34 +1,55 @@
 """``lift``: ONNX ModelProto -> qcompile Graph.
 
-Steps: load (external data only from inside the model's folder), check the model, check the
-opset (11..21), run ONNX shape inference so every value has a type, then translate nodes.
-``Constant`` nodes become constants (initializers); graph inputs that have an initializer are
-treated as constants. Ops outside the vocabulary are carried through opaquely: attributes that
-have no plain-Python form (subgraphs, sparse tensors) are kept as :class:`OpaqueAttr` bytes.
+Steps: load (external data only from inside the model's folder), check the model, bring its
+opset into 11..21 (opsets 7..10 and above 21 are converted with ``onnx.version_converter``, said
+in one line through ``warn``; see :mod:`qcompile.frontend.opsets`), run ONNX shape inference so
+every value has a type, then translate nodes.
+
+* ``Constant`` nodes become constants (initializers), so models that keep every weight in
+  Constant nodes (paddle2onnx) lift like any other.
+* Graph inputs that have an initializer (IR 3/4 exporters list every weight as an input) are
+  constants, not graph inputs; the lowered model declares them as initializers only.
+* float16 tensors keep their type (the IR has FLOAT16): the lowered model computes in fp16
+  exactly as the original does, so it stays equivalent under ONNX Runtime; nothing is widened.
+* Ops outside the vocabulary are carried through opaquely: attributes that have no plain-Python
+  form (subgraphs, sparse tensors) are kept as :class:`OpaqueAttr` bytes.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import external_data_helper, numpy_helper
+from onnx import external_data_helper
 
 from qcompile.errors import ModelError
+from qcompile.frontend import opsets as _opsets
+from qcompile.frontend.opsets import NATIVE_MAX as MAX_OPSET
+from qcompile.frontend.opsets import NATIVE_MIN as MIN_OPSET
+from qcompile.frontend.opsets import WarnFn
+from qcompile.frontend.proto import (
+    SOURCE_OPSET,
+    OpaqueAttr,
+    attr_value,
+    constant_array,
+    initializer_array,
+    skeleton,
+    type_of,
+)
 from qcompile.ir import DType, Graph, Node, TensorType
 
-MIN_OPSET, MAX_OPSET = 11, 21
+__all__ = ["MAX_OPSET", "MIN_OPSET", "LiftWarning", "OpaqueAttr", "attr_value", "lift",
+           "load_model", "skeleton"]
 
 
-@dataclass(frozen=True)
-class OpaqueAttr:
-    """An attribute kept as serialized protobuf bytes (GRAPH, GRAPHS, SPARSE_TENSOR, TYPE_PROTO...)."""
+class LiftWarning(UserWarning):
+    """A one-line note from ``lift`` (e.g. an opset conversion) when no ``warn`` is given."""
 
-    attr_type: int
-    data: bytes
+
+def _default_warn(message: str) -> None:
+    warnings.warn(message, LiftWarning, stacklevel=3)
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -69,8 +90,13 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def lift(model: onnx.ModelProto | str | os.PathLike, *, name: str | None = None) -> Graph:
-    """Translate an ONNX model (or a path to one) into a verified qcompile Graph."""
+def lift(model: onnx.ModelProto | str | os.PathLike, *, name: str | None = None,
+         warn: WarnFn | None = None) -> Graph:
+    """Translate an ONNX model (or a path to one) into a verified qcompile Graph.
+
+    ``warn`` receives one-line notes (an opset conversion); default :func:`warnings.warn` with
+    :class:`LiftWarning`."""
+    warn = warn or _default_warn
     src = str(model) if not isinstance(model, onnx.ModelProto) else (name or "model")
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model)
@@ -81,132 +107,34 @@ def lift(model: onnx.ModelProto | str | os.PathLike, *, name: str | None = None)
             if t.data_location == onnx.TensorProto.EXTERNAL:
                 raise ModelError(f"model: {src}: tensor {t.name!r} has its data in an external "
                                  "file that is not loaded; lift the .onnx path instead")
-    opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in model.opset_import}
-    opset = opsets.get("", None)
-    if opset is None:
-        raise ModelError(f"model: {src} imports no default-domain opset; re-export it")
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ModelError(f"model: {src} uses opset {opset}; qcompile reads opsets "
-                         f"{MIN_OPSET}..{MAX_OPSET} (convert with onnx.version_converter)")
+    source = _opsets.default_opset(model, src)
+    target = _opsets.target_opset(source, src)
+    # Checked before converting: the converter is C++ and trusts its input.
+    _check(skeleton(model), src, "" if source == target else
+           f" at its opset {source} (qcompile reads {MIN_OPSET}..{MAX_OPSET} and converts it)")
+    if source != target:
+        model = _opsets.convert(model, source, target, src, warn)
     sk = skeleton(model)
-    try:
-        onnx.checker.check_model(sk)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"model: {src} is not a valid ONNX model: {first}") from None
+    if source != target:
+        _check(sk, src, f" after onnx.version_converter converted opset {source} -> {target}")
     try:
         inferred = onnx.shape_inference.infer_shapes(sk, strict_mode=False, data_prop=True)
     except Exception as e:
         raise ModelError(f"model: {src}: ONNX shape inference failed ({e}); "
                          "fix the model's shapes") from None
-    return _translate(model, opsets, name or model.graph.name or "graph",
-                      inferred.graph.value_info)
+    opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in model.opset_import}
+    g = _translate(model, opsets, name or model.graph.name or "graph", inferred.graph.value_info)
+    if source != target:
+        g.model_props[SOURCE_OPSET] = str(source)
+    return g
 
 
-_SMALL = 64  # initializers up to this many elements keep their data (shape tensors for data_prop)
-
-
-def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose large initializers are graph inputs without data.
-
-    Checking and shape inference only need initializer types and shapes (plus small integer
-    tensors for data propagation); serialising megabytes of weights to the C++ checker twice
-    was most of the lift time.
-    """
-    src = model.graph
-    g = onnx.GraphProto()
-    g.name = src.name
-    g.node.extend(src.node)
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    g.input.extend(src.input)
-    listed = {vi.name for vi in src.input}
-    for t in src.initializer:
-        n = int(np.prod(t.dims)) if len(t.dims) else 1
-        if n <= _SMALL:
-            g.initializer.append(t)
-        elif t.name not in listed:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    g.sparse_initializer.extend(src.sparse_initializer)
-    sk = onnx.ModelProto()
-    sk.ir_version = model.ir_version
-    sk.opset_import.extend(model.opset_import)
-    sk.functions.extend(model.functions)
-    sk.graph.CopyFrom(g)
-    return sk
-
-
-def _initializer(t: onnx.TensorProto) -> tuple[np.ndarray, DType | None]:
-    """An initializer's array; 4-bit tensors widen to int8/uint8 and keep their IR type."""
-    a = numpy_helper.to_array(t)
-    if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-        dt = DType(t.data_type)
-        return a.astype(dt.to_numpy()), dt
-    return a, None
-
-
-def _type_of(tp: onnx.TypeProto) -> TensorType:
-    if not tp.HasField("tensor_type"):
-        return TensorType(DType.UNDEFINED, None)
-    tt = tp.tensor_type
-    if not tt.HasField("shape"):
-        return TensorType(DType(tt.elem_type), None)
-    dims: list[int | str | None] = []
-    for d in tt.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return TensorType(DType(tt.elem_type), tuple(dims))
-
-
-def attr_value(a: onnx.AttributeProto):
-    """An AttributeProto as a plain Python value (tuples for lists, ndarrays for tensors)."""
-    A = onnx.AttributeProto
-    if a.type == A.FLOAT:
-        return float(a.f)
-    if a.type == A.INT:
-        return int(a.i)
-    if a.type == A.STRING:
-        return _str(a.s)
-    if a.type == A.TENSOR:
-        return numpy_helper.to_array(a.t)
-    if a.type == A.FLOATS:
-        return tuple(float(x) for x in a.floats)
-    if a.type == A.INTS:
-        return tuple(int(x) for x in a.ints)
-    if a.type == A.STRINGS:
-        return tuple(_str(s) for s in a.strings)
-    if a.type == A.TENSORS:
-        return tuple(numpy_helper.to_array(t) for t in a.tensors)
-    return OpaqueAttr(int(a.type), a.SerializeToString())
-
-
-def _str(b: bytes) -> str | bytes:
+def _check(sk: onnx.ModelProto, src: str, where: str) -> None:
     try:
-        return b.decode("utf-8")
-    except UnicodeDecodeError:
-        return b
-
-
-def _constant_array(node: onnx.NodeProto) -> np.ndarray | None:
-    """The value of a Constant node, or None when it is sparse/string-like (kept as a node)."""
-    if len(node.attribute) != 1:
-        return None
-    a = node.attribute[0]
-    if a.name == "value":
-        return numpy_helper.to_array(a.t)
-    if a.name == "value_float":
-        return np.array(a.f, dtype=np.float32)
-    if a.name == "value_floats":
-        return np.array(list(a.floats), dtype=np.float32)
-    if a.name == "value_int":
-        return np.array(a.i, dtype=np.int64)
-    if a.name == "value_ints":
-        return np.array(list(a.ints), dtype=np.int64)
-    return None
+        onnx.checker.check_model(sk)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"model: {src} is not a valid ONNX model{where}: {first}") from None
 
 
 def _fresh(taken: set[str], node: onnx.NodeProto, index: int) -> str:
@@ -236,11 +164,11 @@ def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str,
     g.functions = [f.SerializeToString() for f in model.functions]
     types: dict[str, TensorType] = {}
     for vi in list(inferred_info) + list(g_proto.input) + list(g_proto.output):
-        types[vi.name] = _type_of(vi.type)
+        types[vi.name] = type_of(vi.type)
 
     env = {}
     for t in g_proto.initializer:
-        env[t.name] = g.add_const(t.name, *_initializer(t))
+        env[t.name] = g.add_const(t.name, *initializer_array(t))
     for t in g_proto.sparse_initializer:
         raise ModelError(f"model: sparse initializer {t.values.name!r} is not supported; "
                          "densify it first")
@@ -255,7 +183,7 @@ def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str,
     for np_ in g_proto.node:
         if np_.op_type == "Constant" and np_.domain in ("", "ai.onnx") \
                 and np_.output[0] not in output_names:
-            arr = _constant_array(np_)
+            arr = constant_array(np_)
             if arr is not None:
                 env[np_.output[0]] = g.add_const(np_.output[0], arr)
                 continue

@@ -24,7 +24,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from qcompile.backends.ort.measure import _load, _options, providers
+from qcompile.backends.ort.measure import providers, read_model, session_options
 from qcompile.errors import QCompileError
 
 
@@ -72,7 +72,8 @@ def kernel_counts(model: onnx.ModelProto, *, opt_level: str = "all", device: str
     """(op type counts, [(node name, op type, outputs, inputs)]) of the graph ORT runs."""
     with tempfile.TemporaryDirectory(prefix="qcompile-verify-") as d:
         path = os.path.join(d, "optimized.onnx")
-        ort.InferenceSession(model.SerializeToString(), _options(opt_level, optimized=path),
+        ort.InferenceSession(model.SerializeToString(),
+                             session_options(opt_level, optimized=path),
                              providers=providers(device, int8=True))
         opt = onnx.load(path)
     nodes = [(n.name, (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type,
@@ -85,7 +86,7 @@ class IntermediateRunner:
 
     def __init__(self, path: str | os.PathLike, *, opt_level: str = "all", device: str = "cpu",
                  threads: int = 0) -> None:
-        model = _load(path)
+        model = read_model(path)
         self.tensors = quantized_tensors(model)
         self.outputs = [o.name for o in model.graph.output]
         self.input = model.graph.input[0].name
@@ -99,7 +100,7 @@ class IntermediateRunner:
         self.fusion_blocked = dict((base_counts - self.kernels) + (self.kernels - base_counts))
         try:
             self.sess = ort.InferenceSession(model.SerializeToString(),
-                                             _options(opt_level, threads),
+                                             session_options(opt_level, threads),
                                              providers=providers(device, int8=True))
         except Exception as e:
             raise QCompileError(f"model: ONNX Runtime cannot load {path}: "

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qcompile.backends.ort.runtime import _OPT
+from qcompile.backends.ort.runtime import OPT_LEVELS
 from qcompile.errors import QCompileError
 
 
@@ -53,7 +53,8 @@ def is_qdq_model(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-def _load(path: str | os.PathLike) -> onnx.ModelProto:
+def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """An ONNX file for running (external data beside it); one-line error if unreadable."""
     if not os.path.isfile(path):
         raise QCompileError(f"model: {path} does not exist; check the path")
     try:
@@ -62,10 +63,12 @@ def _load(path: str | os.PathLike) -> onnx.ModelProto:
         raise QCompileError(f"model: {path} is not a readable ONNX file") from None
 
 
-def _options(opt_level: str = "all", threads: int = 0, optimized: str | None = None,
-             profile: bool = False) -> ort.SessionOptions:
+def session_options(opt_level: str = "all", threads: int = 0, optimized: str | None = None,
+                    profile: bool = False) -> ort.SessionOptions:
+    """Quiet SessionOptions: ``opt_level`` (OPT_LEVELS), ``threads`` intra-op threads (one
+    inter-op), ``optimized`` where to write ORT's optimised graph, ``profile`` an ORT profile."""
     so = ort.SessionOptions()
-    so.graph_optimization_level = _OPT[opt_level]
+    so.graph_optimization_level = OPT_LEVELS[opt_level]
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
@@ -84,12 +87,12 @@ class ModelRunner:
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int = 0,
                  opt_level: str = "all") -> None:
         self.path = str(path)
-        model = _load(path)
+        model = read_model(path)
         self.int8 = is_qdq_model(model)
         self.providers = providers(device, int8=self.int8)
         try:
             self.sess = ort.InferenceSession(model.SerializeToString(),
-                                             _options(opt_level, threads),
+                                             session_options(opt_level, threads),
                                              providers=self.providers)
         except Exception as e:
             raise QCompileError(f"model: ONNX Runtime cannot load {path}: "
@@ -125,7 +128,7 @@ def optimized_op_counts(model: onnx.ModelProto | str | os.PathLike, *,
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "optimized.onnx")
-        ort.InferenceSession(src, _options(opt_level, optimized=out),
+        ort.InferenceSession(src, session_options(opt_level, optimized=out),
                              providers=["CPUExecutionProvider"])
         opt = onnx.load(out)
     return Counter((f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type
@@ -135,9 +138,9 @@ def optimized_op_counts(model: onnx.ModelProto | str | os.PathLike, *,
 def node_providers(path: str | os.PathLike, feed: np.ndarray, *, device: str = "cpu",
                    int8: bool | None = None) -> dict[str, str]:
     """``{node name: execution provider}`` for one run, read from an ORT profile."""
-    model = _load(path)
+    model = read_model(path)
     provs = providers(device, int8=is_qdq_model(model) if int8 is None else int8)
-    sess = ort.InferenceSession(model.SerializeToString(), _options(profile=True),
+    sess = ort.InferenceSession(model.SerializeToString(), session_options(profile=True),
                                 providers=provs)
     sess.run(None, {sess.get_inputs()[0].name: feed})
     prof = sess.end_profiling()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from qcompile.backends.ort.lower import to_tensor
+from qcompile.backends.ort.proto import to_tensor
 from qcompile.backends.ort.rules import LOWER, LoweringContext
 from qcompile.ir import QCOMPILE_DOMAIN, DType, Node
 from qcompile.numerics import quant

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from qcompile.backends.base import OpTable
+from qcompile.backends.ort.proto import make_node, output_names
 from qcompile.errors import QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN, Graph, Node
 
@@ -35,8 +36,6 @@ Rule = Callable[[Node, LoweringContext], None]
 
 def passthrough(node: Node, ctx: LoweringContext) -> None:
     """Lower an ONNX op as it is (attributes typed by the op's schema)."""
-    from qcompile.backends.ort.lower import make_node, output_names
-
     ctx.nodes.append(make_node(
         node, ["" if v is None else v.name for v in node.inputs],
         output_names(node, ctx.graph),

@@ -11,7 +11,8 @@ import onnxruntime as ort
 
 from qcompile.errors import QCompileError
 
-_OPT = {
+# --opt-level names -> ORT graph optimisation levels (shared with measure.py)
+OPT_LEVELS = {
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -36,7 +37,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, *, device: str = "cpu",
             opt_level: str = "all", threads: int = 0,
             optimized_model_path: str | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
-    so.graph_optimization_level = _OPT[opt_level]
+    so.graph_optimization_level = OPT_LEVELS[opt_level]
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
