@@ -201,3 +201,64 @@ def conv_transpose_taps(H, W, OH, OW, KH, KW, strides, dilations, begin):
             ok = (ty % sh == 0) & (ty >= 0) & (ty < H * sh) & (tx % sw == 0) & (tx >= 0) & (
                 tx < W * sw)
             yield (ky, kx, np.clip(ty // sh, 0, H - 1), np.clip(tx // sw, 0, W - 1), ok)
+
+
+def padded_window_counts(H, W, OH, OW, kernel, strides, dilations, pads):
+    """[OH, OW]: taps of each window inside the padded input [-top, H + bottom) x [-left,
+    W + right) (AveragePool count_include_pad=1; taps past it exist only with ceil_mode)."""
+    (sh, sw), (dh, dw) = strides, dilations
+    pt, pl, pb, pr = pads
+    ky = np.arange(kernel[0])
+    kx = np.arange(kernel[1])
+    iy = np.arange(OH)[:, None] * sh - pt + ky[None, :] * dh
+    ix = np.arange(OW)[:, None] * sw - pl + kx[None, :] * dw
+    ny = ((iy >= -pt) & (iy < H + pb)).sum(axis=1)
+    nx = ((ix >= -pl) & (ix < W + pr)).sum(axis=1)
+    return ny[:, None] * nx[None, :]
+
+
+def reduce_axes(ndim, axes_in=None, axes_attr=None, noop_with_empty_axes=0):
+    """Sorted reduced axes of a Reduce* op (input from opset 18, attribute before), or None
+    for the identity (no axes with ``noop_with_empty_axes``)."""
+    ax = axes_in if axes_in is not None else axes_attr
+    ax = [] if ax is None else _ints(ax)
+    if not ax:
+        return None if noop_with_empty_axes else tuple(range(ndim))
+    return tuple(sorted({a % ndim for a in ax}))
+
+
+def reduced_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in axes)
+
+
+def to_rows(x, axes):
+    """x with the reduced ``axes`` moved last (in order) and merged: [..., K], row-major."""
+    rest = [i for i in range(x.ndim) if i not in axes]
+    y = np.transpose(x, rest + list(axes))
+    return y.reshape(y.shape[:len(rest)] + (-1,))
+
+
+FLOAT_TYPES = frozenset({1, 10, 11, 16, 17, 18, 19, 20})
+"""ONNX TensorProto float element types (FLOAT, FLOAT16, DOUBLE, BFLOAT16, FLOAT8*)."""
+
+
+def cast_target(to):
+    """("float", None) for a float target, else ("int", numpy dtype)."""
+    to = int(to)
+    if to in FLOAT_TYPES:
+        return "float", None
+    from onnx import helper
+
+    try:
+        return "int", np.dtype(helper.tensor_dtype_to_np_dtype(to))
+    except Exception as e:  # STRING, complex, packed 4-bit types
+        raise KernelError(f"Cast: target type {to} is not supported") from e
+
+
+def lrn_window(C, c, size):
+    """Channels summed by LRN for channel c (ONNX: [c - floor((size-1)/2), c + ceil(..)])."""
+    lo = max(0, c - (size - 1) // 2)
+    hi = min(C - 1, c + -(-(size - 1) // 2))
+    return lo, hi

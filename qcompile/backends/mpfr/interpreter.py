@@ -199,8 +199,11 @@ class Interpreter:
                 args.pop()
             kernel = E.table.lookup(node)
             t0 = time.perf_counter()
+            kw = node.attrs
+            if getattr(kernel, "needs_outputs", False):  # Split with implicit piece count
+                kw = {**kw, "n_outputs": len(node.outputs)}
             try:
-                outs = kernel(E, *args, **node.attrs)
+                outs = kernel(E, *args, **kw)
             except (QCompileError, KernelError):
                 raise
             except Exception as e:

@@ -12,13 +12,13 @@ import numpy as np
 
 from qcompile.backends.mpfr.config import EmuConfig
 
-DATA_OPS = frozenset({"Flatten", "Reshape", "Identity", "Dropout", "Concat", "Transpose",
-                      "Squeeze", "Unsqueeze", "Slice", "Pad", "Relu", "MaxPool", "Clip",
-                      "Neg", "Abs"})
-"""Ops that never round (exact selections/copies): no overflow/underflow counts."""
-SHARED_OPS = frozenset({"Flatten", "Reshape", "Identity", "Dropout", "Concat", "Transpose",
-                        "Squeeze", "Unsqueeze", "Slice", "Pad"})
-"""Data movement with one implementation for both engines: not verified."""
+
+def _kernel_flag(node, flag) -> bool:
+    """A flag the node's kernel declares (``ops_shape.data_movement`` / ``exact``); both op
+    tables declare the same flags (tests/backends/test_mpfr_op_tables.py)."""
+    from qcompile.backends.mpfr.ops_fast import FAST
+
+    return bool(getattr(FAST.lookup(node), flag, False))
 
 
 def _f64(a) -> np.ndarray:
@@ -38,11 +38,11 @@ class LayerStats:
         self.rows: dict[str, dict] = {}
 
     def __call__(self, node, inputs, outputs) -> None:
-        if node.op in DATA_OPS or not len(outputs):
-            return
+        if not len(outputs) or _kernel_flag(node, "exact"):
+            return  # exact ops (selections, copies) never round: nothing to count
+        if np.asarray(outputs[0]).dtype.kind not in "fO":
+            return  # integer results (Cast to int) are not format values
         y = _f64(outputs[0])
-        if y.dtype.kind != "f":
-            return
         a = np.abs(y)
         ovf = int(np.count_nonzero(~np.isfinite(y)))
         if self.maxf is not None:
@@ -82,9 +82,11 @@ class Verifier:
         self.mismatches: list[dict] = []
 
     def __call__(self, node, inputs, outputs) -> None:
-        if node.op in SHARED_OPS or node.name in self.seen:
-            return
+        if node.name in self.seen or _kernel_flag(node, "data_movement"):
+            return  # data movement: one implementation serves both engines
         self.seen.add(node.name)
+        if not len(outputs) or np.asarray(outputs[0]).dtype.kind != "f":
+            return  # integer results (Cast to int) are not format values
         y = _f64(outputs[0])
         if y.size == 0:
             return

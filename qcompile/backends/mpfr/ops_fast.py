@@ -7,6 +7,7 @@ import numpy as np
 
 from qcompile.backends.base import OpTable
 from qcompile.backends.mpfr import common as cm
+from qcompile.backends.mpfr.ops_shape import data_movement, exact, register_data_ops
 from qcompile.numerics import fastfp
 
 FAST: OpTable = OpTable("mpfr-fast")
@@ -129,16 +130,19 @@ def sqrt(E, x):
 
 
 @FAST.register("Relu")
+@exact
 def relu(E, x):
     return (np.where((x > 0) | np.isnan(x), x, 0.0),)
 
 
 @FAST.register("Neg")
+@exact
 def neg(E, x):
     return (-x,)
 
 
 @FAST.register("Abs")
+@exact
 def abs_(E, x):
     return (np.abs(x),)
 
@@ -150,6 +154,7 @@ def leaky_relu(E, x, *, alpha=0.01):
 
 
 @FAST.register("Clip")
+@exact
 def clip(E, x, lo=None, hi=None, *, min=None, max=None):  # noqa: A002 (ONNX names)
     lo = _conv_const(E, lo if lo is not None else min, -np.inf)
     hi = _conv_const(E, hi if hi is not None else max, np.inf)
@@ -190,6 +195,7 @@ def _taps(x, kernel_shape, **kw):
 
 
 @FAST.register("MaxPool")
+@exact
 def maxpool(E, x, *, kernel_shape, strides=None, pads=None, dilations=None, ceil_mode=0,
             auto_pad="NOTSET", storage_order=0):
     m = has = None
@@ -233,27 +239,10 @@ def global_avgpool(E, x):
 
 # ----------------------------------------------------------------------------- data movement
 @FAST.register("Pad")
+@data_movement
 def pad(E, x, pads, value=None, axes=None, *, mode="constant"):
     fill = float(_conv_const(E, None if value is None else np.asarray(value).reshape(-1)[0], 0.0))
     return cm.pad(x, pads, fill, mode=mode, axes=axes)
-
-
-def register_data_ops(table: OpTable) -> None:
-    """Register the exact data-movement ops (engine argument ignored) into ``table``."""
-    for op, fn in (("Flatten", cm.flatten), ("Reshape", cm.reshape), ("Identity", cm.identity),
-                   ("Dropout", cm.identity), ("Concat", cm.concat),
-                   ("Transpose", cm.transpose), ("Squeeze", cm.squeeze),
-                   ("Unsqueeze", cm.unsqueeze), ("Slice", cm.slice_)):
-        table.register(op)(_drop_engine(fn))
-
-
-def _drop_engine(fn):
-    def k(E, *args, **kw):
-        return fn(*args, **kw)
-
-    k.__name__ = fn.__name__
-    k.data_movement = True
-    return k
 
 
 register_data_ops(FAST)
@@ -265,3 +254,9 @@ _fq.register(FAST, _fq.fq_fast)
 from qcompile.backends.mpfr import ops_qdq as _ops_qdq  # noqa: E402  (quantised kernels, #7)
 
 _ops_qdq.register(FAST)
+
+from qcompile.backends.mpfr import ops_ext_fast as _ext  # noqa: E402  (exporter ops, #12)
+from qcompile.backends.mpfr.ops_shape import add_integer_paths  # noqa: E402
+
+_ext.register(FAST)
+add_integer_paths(FAST)

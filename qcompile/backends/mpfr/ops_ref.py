@@ -13,7 +13,7 @@ from gmpy2 import is_nan, mpfr
 
 from qcompile.backends.base import OpTable
 from qcompile.backends.mpfr import common as cm
-from qcompile.backends.mpfr.ops_fast import register_data_ops
+from qcompile.backends.mpfr.ops_shape import data_movement, exact, register_data_ops
 
 REF: OpTable = OpTable("mpfr-reference")
 _POS0 = mpfr(0, 2)
@@ -196,16 +196,19 @@ def sqrt(E, x, *, sample=None):
 
 
 @REF.register("Relu")
+@exact
 def relu(E, x, *, sample=None):
     return _ew(lambda v: v if (v > 0 or is_nan(v)) else _POS0, sample, x)
 
 
 @REF.register("Neg")
+@exact
 def neg(E, x, *, sample=None):
     return _ew(lambda v: -v, sample, x)
 
 
 @REF.register("Abs")
+@exact
 def abs_(E, x, *, sample=None):
     return _ew(abs, sample, x)
 
@@ -217,6 +220,7 @@ def leaky_relu(E, x, *, alpha=0.01, sample=None):
 
 
 @REF.register("Clip")
+@exact
 def clip(E, x, lo=None, hi=None, *, min=None, max=None, sample=None):  # noqa: A002
     lo = _scalar(E, lo if lo is not None else min, "-inf")
     hi = _scalar(E, hi if hi is not None else max, "inf")
@@ -253,6 +257,7 @@ def _pool_shape(x, kernel_shape, kw):
 
 
 @REF.register("MaxPool")
+@exact
 def maxpool(E, x, *, kernel_shape, strides=None, pads=None, dilations=None, ceil_mode=0,
             auto_pad="NOTSET", storage_order=0, sample=None):
     kw = dict(strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
@@ -304,6 +309,7 @@ def global_avgpool(E, x, *, sample=None):
 
 
 @REF.register("Pad")
+@data_movement
 def pad(E, x, pads, value=None, axes=None, *, mode="constant", sample=None):
     return cm.pad(x, pads, _scalar(E, value, 0), mode=mode, axes=axes)
 
@@ -317,3 +323,9 @@ _fq.register(REF, _fq.fq_ref)
 from qcompile.backends.mpfr import ops_qdq_ref as _ops_qdq_ref  # noqa: E402  (quantised, #7)
 
 _ops_qdq_ref.register(REF)
+
+from qcompile.backends.mpfr import ops_ext_ref as _ext  # noqa: E402  (exporter ops, #12)
+from qcompile.backends.mpfr.ops_shape import add_integer_paths  # noqa: E402
+
+_ext.register(REF)
+add_integer_paths(REF)

@@ -63,15 +63,19 @@ class RefArith:
     def sqrt(self, a):
         return self._fin(self.ctx.sqrt(a), R.ref_sqrt, a)
 
-    def _func(self, name, a):
+    def _func(self, name, *args):
         ctx = R.context(self.fmt, self.mode)  # fresh flags: overflow vs exact infinity
-        return R._finish(getattr(ctx, name)(a), ctx, self.fmt, self.mode)
+        return R._finish(getattr(ctx, name)(*args), ctx, self.fmt, self.mode)
 
     def exp(self, a):
         return self._func("exp", a)
 
     def tanh(self, a):
         return self._func("tanh", a)
+
+    def pow(self, a, b):
+        """a ** b correctly rounded (MPFR pow)."""
+        return self._func("pow", a, b)
 
     def sigmoid(self, a):
         """round(1 / round(1 + round(exp(-a)))): three correctly rounded steps."""
