@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from qcompile.numerics import _fastfp_ops as ff
 from qcompile.numerics._fastfp_core import (
     BLOCK,
     Scratch,
@@ -40,15 +41,10 @@ from qcompile.numerics._fastfp_core import (
     round_block,
     two_sum,
 )
+from qcompile.numerics._fastfp_kernels import mac_core
 from qcompile.numerics.formats import FloatFormat, Rounding, parse_format
 
 _F64 = np.float64
-
-
-def _fastfp():
-    from qcompile.numerics import fastfp
-
-    return fastfp
 
 
 def dot(
@@ -86,7 +82,6 @@ def dot(
     if bias is not None:
         B = np.ascontiguousarray(
             np.broadcast_to(np.asarray(bias, dtype=_F64), res_shape)).reshape(M, N)
-    ff = _fastfp()
     if check_inputs:
         for nm, arr in (("x", X), ("w", W), ("bias", B)):
             if arr is not None and arr.size and not (
@@ -124,7 +119,6 @@ def _blocks(M, N):
 
 
 def _dot_blocked(X, W, acc, plan, accumulate):
-    mac_core = _fastfp().mac_core
     M, K = X.shape
     N = W.shape[1]
     if M * N == 0 or K == 0:
