@@ -11,20 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from qcompile.driver.context import pass_context
 from qcompile.driver.targets import check_graph, configure_pipeline, get_target
 from qcompile.errors import QCompileError
 from qcompile.files import check_output_path
-from qcompile.passes import REGISTRY, DumpDir, PassContext, PrintAfter, run_pipeline
-
-
-def _executor():
-    try:
-        from qcompile.backends.ort.executor import OrtExecutor
-    except ImportError:  # pragma: no cover - only while the int8 work is not installed
-        return None
-    return OrtExecutor()
+from qcompile.passes import REGISTRY, DumpDir, PrintAfter, run_pipeline
 
 
 def _split(text: str) -> list[str]:
@@ -56,13 +47,8 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
     out = check_output_path(output, "-o")
     graph = lift(model)
     check_graph(tgt, graph, stage="input")
-    ctx = PassContext(rng=np.random.default_rng(seed), verify_each=verify_each,
-                      progress=progress, log=log)
-    if calib is not None:
-        from qcompile.data import open_dataset, preprocess_from_options
-
-        ctx.calib_data = open_dataset(calib, preprocess_from_options(preprocess), warn=log)
-        ctx.executor = _executor()
+    ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
+                       verify_each=verify_each, progress=progress, log=log)
     instruments = []
     if print_after:
         instruments.append(PrintAfter(print_after, sys.stdout))

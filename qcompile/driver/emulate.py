@@ -19,6 +19,8 @@ import numpy as np
 from qcompile.backends.mpfr.config import EmuConfig
 from qcompile.backends.mpfr.interpreter import Interpreter
 from qcompile.backends.mpfr.listeners import DumpListener, LayerStats, Verifier
+from qcompile.data.calibration import calibration_indices
+from qcompile.driver.context import open_data, pass_context
 from qcompile.errors import QCompileError
 
 
@@ -73,7 +75,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
             fp32: bool = True, seed: int = 0, use_numba: bool = True,
             log: Callable[[str], None] = lambda m: None, calib: str | None = None,
             preset: str | None = None) -> dict[str, Any]:
-    from qcompile.data import open_dataset, preprocess_from_options
+    from qcompile.data import preprocess_from_options
     from qcompile.frontend import lift
 
     if (image is None) == (data is None):
@@ -89,12 +91,13 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     t0 = time.perf_counter()
     graph = lift(model)
     pre = preprocess_from_options(preprocess, size=size)
-    skip = np.zeros(0, np.int64)
     float_graph = graph.clone() if passes else graph
     if passes:  # FP32 (ORT) reference: the model as given (passes may insert FQ ops)
-        graph, skip = _run_passes(graph, passes, calib, data, pre, seed, log)
+        graph = _run_passes(graph, passes, calib, pre, seed, log)
     load_s = time.perf_counter() - t0
-    ds = open_dataset(image if image is not None else data, pre, warn=log)
+    ds = open_data(image if image is not None else data, pre, log=log)
+    # never evaluate on the calibration images (the one held-out rule, data/calibration.py)
+    skip = calibration_indices(graph.metadata, ds) if data is not None else np.zeros(0, np.int64)
     stats = LayerStats(cfg)
     listeners: list = [stats]
     verifier = Verifier(cfg, verify, seed=seed) if verify else None
@@ -180,31 +183,11 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     return rep
 
 
-def _run_passes(graph, passes: str, calib: str | None, data: str | None, pre, seed: int,
+def _run_passes(graph, passes: str, calib: str | None, pre, seed: int,
                 log: Callable[[str], None]):
-    """Run ``passes`` (with calibration data and the ORT executor when given); returns the graph
-    and the calibration indices to leave out of ``data`` (same file only)."""
-    import json
+    """Run ``passes`` (with calibration data and the ORT executor when given)."""
+    from qcompile.passes import parse_pipeline, run_pipeline
 
-    from qcompile.passes import PassContext, parse_pipeline, run_pipeline
-
-    ctx = PassContext(rng=np.random.default_rng(seed), log=log)
     pipeline = parse_pipeline(passes)
-    needs = [p.name for p in pipeline if p.name in ("calibrate", "assign", "sensitivity",
-                                                      "adaround", "bias_correct")]
-    if needs and calib is None:
-        raise QCompileError(f"--passes: {needs[0]} needs calibration images; give --calib DATA "
-                            "(the images are left out of --data when it is the same file)")
-    if calib is not None:
-        from qcompile.backends.ort.executor import OrtExecutor
-        from qcompile.data import open_dataset
-
-        ctx.calib_data = open_dataset(calib, pre, warn=log)
-        ctx.executor = OrtExecutor()
-    graph = run_pipeline(graph, pipeline, ctx).graph
-    skip = np.zeros(0, np.int64)
-    rec = graph.metadata.get("qcompile.calibration")
-    if rec and data is not None and calib is not None and \
-            Path(calib).resolve() == Path(data).resolve():
-        skip = np.asarray(json.loads(rec).get("indices", []), np.int64)
-    return graph, skip
+    ctx = pass_context(pipeline, calib=calib, preprocess=pre, seed=seed, log=log)
+    return run_pipeline(graph, pipeline, ctx).graph

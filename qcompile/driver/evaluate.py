@@ -14,40 +14,24 @@ path and size) those images are left out, so accuracy is never measured on calib
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qcompile.backends.ort.measure import ModelRunner, node_providers, provider_summary, tile_batch
-from qcompile.data import Dataset, open_dataset, preprocess_from_options
+from qcompile.data import Dataset
+from qcompile.data.calibration import calibration_indices
+from qcompile.driver.context import open_data
 from qcompile.errors import QCompileError
 from qcompile.numerics.error import sqnr_from_sums
-
-CALIB_KEY = "qcompile.calibration"
-
-
-def calibration_indices(runner: ModelRunner, ds: Dataset) -> np.ndarray:
-    """Indices of ``ds`` that the model was calibrated on (empty if another source)."""
-    raw = runner.metadata.get(CALIB_KEY)
-    if not raw:
-        return np.zeros(0, np.int64)
-    try:
-        rec = json.loads(raw)
-        same = (Path(rec["source"]).resolve() == Path(ds.source).resolve()
-                and int(rec["size"]) == len(ds))
-    except (ValueError, KeyError, TypeError, OSError):
-        return np.zeros(0, np.int64)
-    return np.asarray(rec.get("indices", []), np.int64) if same else np.zeros(0, np.int64)
 
 
 def _open(data: str | Dataset, preprocess: str, log: Callable[[str], None]) -> Dataset:
     if isinstance(data, Dataset):
         return data
-    return open_dataset(data, preprocess_from_options(preprocess), warn=log)
+    return open_data(data, preprocess, log=log)
 
 
 def _eval_indices(ds: Dataset, exclude: np.ndarray, limit: int | None) -> np.ndarray:
@@ -76,7 +60,7 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str = "none",
     """Accuracy, per-class accuracy, latency (batch 1 and 8) and size of one model file."""
     runner = ModelRunner(model, device=device, threads=threads)
     ds = _open(data, preprocess, log)
-    excluded = calibration_indices(runner, ds) if exclude_calibration else np.zeros(0, np.int64)
+    excluded = calibration_indices(runner.metadata, ds) if exclude_calibration else np.zeros(0, np.int64)
     idx = _eval_indices(ds, excluded, limit) if indices is None else np.asarray(indices)
     correct1 = correct5 = n = 0
     classes = ds.class_names
@@ -125,7 +109,7 @@ def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str = "no
     ra = ModelRunner(a, device=device, threads=threads)
     rb = ModelRunner(b, device=device, threads=threads)
     ds = _open(data, preprocess, log)
-    excluded = np.union1d(calibration_indices(ra, ds), calibration_indices(rb, ds))
+    excluded = np.union1d(calibration_indices(ra.metadata, ds), calibration_indices(rb.metadata, ds))
     idx = _eval_indices(ds, excluded, limit)
     agree = ca = cb = n = 0
     sig = noise = 0.0

@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from qcompile.data.calibration import calibration_indices, held_out, read_record, same_source
+from qcompile.driver.context import open_data, ort_executor, pass_context
 from qcompile.driver.report import SqnrReport
 from qcompile.errors import QCompileError
 from qcompile.files import atomic_write, check_output_path
@@ -54,7 +56,6 @@ LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Co
              "BatchNormalization", "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid",
              "HardSigmoid", "HardSwish", "Tanh", "Softmax", "MaxPool", "AveragePool",
              "GlobalAveragePool")
-CALIB_KEY = "qcompile.calibration"
 _NODE_IN_NOTE = re.compile(r"^[A-Za-z]\w* '([^']+)'")
 
 
@@ -147,19 +148,11 @@ def stage_value(graph: Graph, name: str) -> Value | None:
     return v
 
 
-def eval_indices(ds: Any, graph: Graph, limit: int | None, same_source: bool) -> np.ndarray:
-    """Indices of ``ds`` to evaluate on: all but the recorded calibration images (when
-    ``same_source``), at most ``limit``."""
-    exclude = np.zeros(0, np.int64)
-    raw = graph.metadata.get(CALIB_KEY)
-    if raw and same_source:
-        try:
-            rec = json.loads(raw)
-            if int(rec.get("size", -1)) == len(ds):
-                exclude = np.asarray(rec.get("indices", []), np.int64)
-        except (ValueError, TypeError):
-            pass
-    idx = np.setdiff1d(np.arange(len(ds), dtype=np.int64), exclude)
+def eval_indices(ds: Any, graph: Graph, limit: int | None) -> np.ndarray:
+    """Indices of ``ds`` to evaluate on: all but the recorded calibration images (the held-out
+    rule of :mod:`qcompile.data.calibration`), at most ``limit``."""
+    exclude = calibration_indices(graph.metadata, ds)
+    idx = held_out(ds, [graph.metadata])
     if limit is not None:
         idx = idx[:limit]
     if idx.size == 0:
@@ -246,32 +239,18 @@ def write_outputs(rep: PassReport, *, markdown: str | Path | None = None,
 
 
 # -- drivers (the one place here that touches a frontend/backend; imported lazily) ----------
-def _ort_executor() -> Any:
-    from qcompile.backends.ort.executor import OrtExecutor
-
-    return OrtExecutor()
-
-
 def evaluation_feeds(graph: Graph, *, calib: str | None, preprocess: str, data: str | None,
                      limit: int | None, batch: int = 16,
                      log: Callable[[str], None] = lambda m: None
                      ) -> tuple[list[dict[str, np.ndarray]], str]:
     """The evaluation batches (never calibration images, see the module docstring)."""
-    from qcompile.data import open_dataset, preprocess_from_options
-
     src = data if data is not None else calib
     if src is None:
         raise ReportError("no evaluation images: give --data (or --calib, whose images not "
                           "used for calibration are then evaluated)")
-    ds = open_dataset(src, preprocess_from_options(preprocess), warn=log)
-    rec = graph.metadata.get(CALIB_KEY)
-    same = False
-    if rec:
-        try:
-            same = Path(json.loads(rec)["source"]).resolve() == Path(ds.source).resolve()
-        except (ValueError, KeyError, TypeError, OSError):
-            same = False
-    idx = eval_indices(ds, graph, limit, same)
+    ds = open_data(src, preprocess, log=log)
+    same = same_source(read_record(graph.metadata), ds)
+    idx = eval_indices(ds, graph, limit)
     name = graph.inputs[0].name
     feeds = [{name: b.x} for b in ds.batches(batch, indices=idx)]
     return feeds, f"{ds.source}" + (" (calibration images left out)" if same else "")
@@ -296,7 +275,7 @@ def finish_report(recorder: StageRecorder, *, calib: str | None, preprocess: str
     try:
         ref = recorder.reference if recorder.reference is not None else recorder.fp32
         return build_report(recorder.fp32, ref, recorder.stages, feeds,
-                            executor_factory or _ort_executor, title=title, source=source,
+                            executor_factory or ort_executor, title=title, source=source,
                             tick=(bar.update if bar is not None else (lambda k: None)))
     finally:
         if bar is not None:
@@ -312,7 +291,7 @@ def pass_report(model: str | Path, passes: str, *, calib: str | None, preprocess
     recording every stage, and build the per-layer SQNR report."""
     from qcompile.driver.targets import configure_pipeline, get_target
     from qcompile.frontend import lift
-    from qcompile.passes import PassContext, run_pipeline
+    from qcompile.passes import run_pipeline
 
     if limit is not None and limit < 1:
         raise ReportError(f"--limit {limit}: need at least 1 evaluation image")
@@ -323,12 +302,8 @@ def pass_report(model: str | Path, passes: str, *, calib: str | None, preprocess
                           "calibration are evaluated) or --data")
     pipeline = configure_pipeline(get_target(target), passes, cpu=cpu)
     graph = lift(model)
-    ctx = PassContext(rng=np.random.default_rng(seed), progress=progress, log=log)
-    if calib is not None:
-        from qcompile.data import open_dataset, preprocess_from_options
-
-        ctx.calib_data = open_dataset(calib, preprocess_from_options(preprocess), warn=log)
-        ctx.executor = _ort_executor()
+    ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
+                       progress=progress, log=log)
     rec = StageRecorder()
     ctx.instruments = [rec]
     run_pipeline(graph, pipeline, ctx)

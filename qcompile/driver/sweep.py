@@ -17,7 +17,6 @@ width, same exponent bits) and ``posit8_1..posit16_1`` (every n, same es).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -129,25 +128,24 @@ class FormatEvaluator:
     labels: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        from qcompile.backends.ort.executor import OrtExecutor
-        from qcompile.data import open_dataset, preprocess_from_options
+        from qcompile.data.calibration import calibration_indices, held_out
+        from qcompile.driver.context import open_data, ort_executor
         from qcompile.frontend import lift
         from qcompile.passes import PassContext, parse_pipeline, run_pipeline
 
-        self.ds = open_dataset(self.data, preprocess_from_options(self.preprocess), warn=self.log)
+        self.ds = open_data(self.data, self.preprocess, log=self.log)
         if getattr(self.ds, "labels", None) is None:
             raise QCompileError(f"sweep: {self.data} has no labels (an .npz with 'labels' or "
                                 "class folders)")
-        self.executor = OrtExecutor()
+        self.executor = ort_executor()
         self.ctx = PassContext(calib_data=self.ds, executor=self.executor,
                                rng=np.random.default_rng(self.seed), log=self.log)
         self.float_graph = lift(self.model)
         cal = (f"fold,calibrate{{images={self.calib_images},method={self.calib_method},"
                f"seed={self.seed}}}")
         self.graph = run_pipeline(self.float_graph.clone(), parse_pipeline(cal), self.ctx).graph
-        rec = json.loads(self.graph.metadata.get("qcompile.calibration", "{}"))
-        self.calib_indices = np.asarray(rec.get("indices", []), np.int64)
-        rest = np.setdiff1d(np.arange(len(self.ds), dtype=np.int64), self.calib_indices)
+        self.calib_indices = calibration_indices(self.graph.metadata, self.ds)
+        rest = held_out(self.ds, [self.graph.metadata])
         if rest.size == 0:
             raise QCompileError("sweep: no images left for evaluation after calibration; "
                                 "lower --calib-images")

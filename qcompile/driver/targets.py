@@ -38,70 +38,44 @@ TARGETS["ort-int8"] = Target(
     implied_passes=("quantize",))
 
 
-def target_pass_defaults(target: Target, cpu: str | None = None) -> dict[str, dict[str, object]]:
-    """Per-pass option defaults a target imposes unless the user set them (pass -> options)."""
+def target_option_defaults(target: Target, cpu: str | None = None) -> dict[str, object]:
+    """Option defaults the target imposes on every pass that declares it takes them
+    (``Pass.target_options``), unless the user set them."""
     if target.name != "ort-int8":
         return {}
     from qcompile.backends.ort.cpu import detect_cpu, int8_defaults
 
-    d = int8_defaults(cpu or detect_cpu())
-    # assign/sensitivity insert the same QDQ ops as quantize (their ``weights`` is a list)
-    mixed = {k: v for k, v in d.items() if k != "weights"}
-    return {"quantize": d, "assign": mixed, "sensitivity": mixed}
+    return int8_defaults(cpu or detect_cpu())
 
 
 def configure_pipeline(target: Target, text: str, *, cpu: str | None = None) -> list:
-    """Parse ``text``, append the target's implied passes when missing, and apply the target's
+    """Parse ``text``, append the target's implied passes when missing, apply the target's
     option defaults to every option the user did not write (``quantize{per_channel=false}``
-    keeps the CPU's activation type and reduce_range)."""
+    keeps the CPU's activation type and reduce_range), and schedule the result."""
     import dataclasses
 
     from qcompile.passes import REGISTRY, parse_pipeline
-    from qcompile.passes.pipeline import _SPEC, split_specs
+    from qcompile.passes.pipeline import explicit_options, schedule
 
-    pipeline = parse_pipeline(text, REGISTRY)
-    explicit: list[set[str]] = []
-    for spec in split_specs(text):
-        m = _SPEC.match(spec)
-        body = (m.group(2) or "") if m else ""
-        explicit.append({item.partition("=")[0].strip() for item in split_specs(body)
-                         if "=" in item} if body.strip() else set())
+    pipeline = parse_pipeline(text, REGISTRY, scheduled=False)
+    explicit = explicit_options(text)
     names = [p.name for p in pipeline]
     for implied in target.implied_passes:
         if implied not in names and not (implied == "quantize" and "assign" in names):
-            pipeline += parse_pipeline(implied, REGISTRY)
+            pipeline += parse_pipeline(implied, REGISTRY, scheduled=False)
             explicit.append(set())
-    defaults = target_pass_defaults(target, cpu)
+    defaults = target_option_defaults(target, cpu)
     out = []
     for p, keys in zip(pipeline, explicit, strict=True):
-        opts = {k: v for k, v in defaults.get(p.name, {}).items() if k not in keys}
+        opts = {k: v for k, v in defaults.items()
+                if k in type(p).target_options and k not in keys}
         out.append(dataclasses.replace(p, **opts) if opts else p)
     for p in out:  # float/posit formats (qcompile.FQ ops) run on the MPFR backend only
         if target.backend == "ort" and getattr(p, "float_mode", False):
             raise OptionError(f"target {target.name}: {p.spec()} rounds into float/posit "
                               "formats, which ONNX Runtime cannot run; use `qcompile emulate` "
                               "(MPFR backend) with --preset/--passes, or int4/int8 formats")
-    return defer_to_anchor(out)
-
-
-def defer_to_anchor(pipeline: list) -> list:
-    """Move a pass that declares ``runs_after = "X"`` (``bias_correct``: it corrects the error of
-    the weight quantisation that ``quantize`` introduces) from before the first ``X`` to just
-    after it, so ``calibrate,bias_correct,quantize`` means what it says. Order is otherwise kept;
-    the driver logs the move."""
-    out = list(pipeline)
-    for p in list(out):
-        anchor = getattr(type(p), "runs_after", None)
-        if anchor is None:
-            continue
-        names = [q.name for q in out]
-        i = out.index(p)
-        if anchor in names[:i] or anchor not in names[i + 1:]:
-            continue
-        out.pop(i)
-        j = names.index(anchor, i + 1)  # position in the list after the pop is j - 1, insert at j
-        out.insert(j, p)
-    return out
+    return schedule(out)
 
 
 def check_graph(target: Target, graph, *, stage: str) -> None:

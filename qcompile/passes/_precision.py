@@ -13,19 +13,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from qcompile.data.calibration import add_indices, calibration_indices, held_out
 from qcompile.errors import QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN, Graph, Node, TensorType
 from qcompile.numerics import quant
 from qcompile.numerics.clipping import symmetric_weight_scale
 from qcompile.passes.base import PassContext
 
-CALIB_KEY = "qcompile.calibration"
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 
@@ -107,11 +106,8 @@ class HeldOut:
         if data is None or not hasattr(data, "batches") or getattr(data, "labels", None) is None:
             raise QCompileError(f"{who} needs labelled images (--calib with labels, e.g. an "
                                 ".npz with 'labels' or class folders)")
-        used = np.zeros(0, np.int64)
-        rec = graph.metadata.get(CALIB_KEY)
-        if rec:
-            used = np.asarray(json.loads(rec).get("indices", []), np.int64)
-        rest = np.setdiff1d(np.arange(len(data), dtype=np.int64), used)
+        used = calibration_indices(graph.metadata, data)
+        rest = held_out(data, [graph.metadata])
         if rest.size == 0:
             raise QCompileError(f"{who}: no labelled images left after the {used.size} "
                                 "calibration images; lower calibrate{images=...}")
@@ -140,10 +136,4 @@ class HeldOut:
 
     def record(self, graph: Graph, key: str) -> None:
         """Add these indices to the calibration record so ``qcompile eval`` leaves them out."""
-        raw = graph.metadata.get(CALIB_KEY)
-        if not raw:
-            return
-        rec = json.loads(raw)
-        rec["indices"] = sorted(set(rec.get("indices", [])) | set(map(int, self.indices)))
-        rec[key] = len(self.indices)
-        graph.metadata[CALIB_KEY] = json.dumps(rec, separators=(",", ":"))
+        add_indices(graph.metadata, self.indices, key, len(self.indices))

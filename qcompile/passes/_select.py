@@ -7,12 +7,12 @@ for a candidate pool through the injected executor (see ``calibrate``'s docstrin
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
 from qcompile.data import select as sel
+from qcompile.data.calibration import read_record, same_source
 from qcompile.ir import Graph, Value
 from qcompile.passes.base import PassContext
 
@@ -111,17 +111,12 @@ def recorded_selection(graph: Graph, data: Any, images: int) -> np.ndarray | Non
     ``graph.metadata`` (sorted), when it was a stratified/diverse selection of this same
     dataset holding at least that many; else None (the caller draws its own random split, as
     before). Lets the layer-wise passes (adaround, bias_correct, ...) see the chosen images."""
-    raw = graph.metadata.get("qcompile.calibration")
-    if not raw:
+    rec = read_record(graph.metadata)
+    if rec is None or rec.get("select", "random") == "random" or not same_source(rec, data):
         return None
     try:
-        rec = json.loads(raw)
-        if rec.get("select", "random") == "random":
-            return None
-        if rec.get("source") != str(data.source) or int(rec.get("size", -1)) != len(data):
-            return None
         order = np.asarray(rec.get("indices", []), np.int64)
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError):
         return None
     k = min(int(images), len(data))
     return np.sort(order[:k]) if order.size >= k else None

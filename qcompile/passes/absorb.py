@@ -32,6 +32,7 @@ class AbsorbHighBias(Pass):
     """Move the always-positive part of a Relu's input into the next layer's bias."""
 
     name = "absorb"
+    needs_data = "optional"
     summary = "high-bias absorption into the next layer (exact on the calibration data)"
     requires = (checks.bn_folded,)
     images: int = 64

@@ -45,6 +45,7 @@ class AdaRound(Pass):
     """Learn up/down rounding of every quantised weight against the float layer's output."""
 
     name = "adaround"
+    needs_data = "yes"
     summary = "layer-wise learned weight rounding (AdaRound) on calibration data"
     requires = (checks.quantized,)
 

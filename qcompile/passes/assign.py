@@ -82,6 +82,8 @@ class Assign(Pass):
     """Per-layer weight formats (uniform, first-last or a budgeted search) + QDQ insertion."""
 
     name = "assign"
+    needs_data = "yes"
+    target_options = frozenset({"activations", "reduce_range"})
     summary = "per-layer weight formats: uniform | first-last | budget (avg_bits/size_mb/max_drop)"
     requires = (checks.bn_folded, checks.calibrated)
     ensures = (formats_assigned,)

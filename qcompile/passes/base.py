@@ -78,6 +78,16 @@ class Pass(abc.ABC):
     summary: ClassVar[str] = ""
     requires: ClassVar[tuple[Check, ...]] = ()
     ensures: ClassVar[tuple[Check, ...]] = ()
+    #: Does the pass read ``ctx.calib_data`` (through ``ctx.executor``)? ``"yes"``: it cannot run
+    #: without (the driver refuses up front, naming the pass); ``"optional"``: it uses data
+    #: when given; ``"no"``. Every driver reads this; none keeps a list of pass names.
+    needs_data: ClassVar[str] = "no"
+    #: Scheduling: a pass written before the first pass named here is moved just after it
+    #: (``passes.pipeline.schedule``), whatever the command.
+    runs_after: ClassVar[str | None] = None
+    #: The target option defaults this pass takes (e.g. ``ort-int8``'s CPU-aware ``activations``,
+    #: ``weights``, ``reduce_range``) for every such option the user did not write.
+    target_options: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def run(self, graph: Graph, ctx: PassContext) -> PassResult: ...

@@ -18,14 +18,14 @@ following layers. With ``b_o' = b_o - E[e_o]`` the mean is restored:
 The correction goes into the float constant under the layer's int32 bias QDQ (quantised at
 ``s_in s_w`` by the lowering). Written before ``quantize`` in a ``qcompile run`` pipeline
 (``calibrate,bias_correct,quantize``) it is scheduled right after that ``quantize`` (see
-``qcompile.driver.targets.defer_to_anchor``). Declines (counted, explained): float layers, layers without a
+``qcompile.passes.pipeline.schedule``). Declines (counted, explained): float layers, layers without a
 bias input (a bias would have to be added after ``quantize``), shared bias constants.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -51,7 +51,8 @@ class BiasCorrect(Pass):
     name = "bias_correct"
     summary = "bias correction for weight-quantisation mean shift (empirical|analytic)"
     requires = (checks.quantized,)
-    runs_after: ClassVar[str] = "quantize"  # written before quantize, it is scheduled after it
+    needs_data = "yes"
+    runs_after = "quantize"  # written before quantize, it is scheduled after it
 
     mode: Literal["empirical", "analytic"] = "empirical"
     images: int = 64

@@ -37,13 +37,13 @@ name -> array); then the first ``images`` rows are used and ``select`` does not 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from qcompile.data.calibration import CALIB_KEY, write_record
 from qcompile.data.select import SELECT_MODES
 from qcompile.errors import OptionError, QCompileError
 from qcompile.ir import RANGE, Graph, Range, Value
@@ -51,8 +51,6 @@ from qcompile.numerics.observers import make_observer
 from qcompile.passes import checks
 from qcompile.passes._select import choose_images
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
-
-METADATA_KEY = "qcompile.calibration"
 
 
 class CalibrationError(QCompileError):
@@ -64,6 +62,7 @@ class Calibrate(Pass):
     """Run the float graph on calibration images and record activation ranges."""
 
     name = "calibrate"
+    needs_data = "yes"
     summary = "observe activation ranges (minmax|percentile|entropy|mse) on calibration data"
     ensures = (checks.calibrated,)
 
@@ -126,7 +125,7 @@ class Calibrate(Pass):
             lo, hi = obs.range(self.method, percentile=self.percentile, bits=self.bits)
             v.meta[RANGE] = Range(float(lo), float(hi), self.method)
         info["record"]["images"] = seen
-        graph.metadata[METADATA_KEY] = json.dumps(info["record"], separators=(",", ":"))
+        write_record(graph.metadata, info["record"])
         st.count("observed_values", len(values))
         st.count("images", seen)
         return st.result(graph, True)
@@ -157,7 +156,7 @@ class Calibrate(Pass):
             log = (f"calibrate: {take} of {n} images from {data.source} (seed {self.seed}, "
                    f"select {self.select}, method {self.method}): indices {shown}"
                    + (f"; first file {files[int(idx[0])]}" if files else "")
-                   + f"; full list in model metadata {METADATA_KEY!r}")
+                   + f"; full list in model metadata {CALIB_KEY!r}")
             name = inputs[0].name
 
             def gen() -> Iterator[tuple[dict[str, np.ndarray], int]]:

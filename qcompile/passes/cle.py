@@ -49,6 +49,7 @@ class CrossLayerEqualize(Pass):
     """Equalise per-channel weight ranges across (src, homogeneous*, sink) regions."""
 
     name = "cle"
+    needs_data = "optional"
     summary = "cross-layer equalisation of per-channel weight ranges (float-preserving)"
     requires = (checks.bn_folded,)
     iterations: int = 20

@@ -82,6 +82,7 @@ class ClipSearch(Pass):
     """MSE-optimal clipping of weight scales (after quantize) or activation ranges (before)."""
 
     name = "clip_search"
+    needs_data = "yes"
     summary = "MSE-optimal clipping: weight QDQ scales per channel | activation ranges"
 
     target: Literal["weights", "activations"] = "weights"

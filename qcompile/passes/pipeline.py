@@ -103,8 +103,10 @@ def convert(pass_name: str, key: str, raw: str, ann: Any) -> Any:
     return raw
 
 
-def parse_pipeline(text: str, registry: Mapping[str, type[Pass]] | None = None) -> list[Pass]:
-    """Parse ``text`` into configured passes; unknown names/options raise OptionError."""
+def parse_pipeline(text: str, registry: Mapping[str, type[Pass]] | None = None, *,
+                   scheduled: bool = True) -> list[Pass]:
+    """Parse ``text`` into configured passes in the order they run (:func:`schedule`; with
+    ``scheduled=False`` in the written order); unknown names/options raise OptionError."""
     if registry is None:
         from qcompile.passes import REGISTRY as registry  # noqa: N811
     if not text or not text.strip():
@@ -143,7 +145,44 @@ def parse_pipeline(text: str, registry: Mapping[str, type[Pass]] | None = None) 
             passes.append(cls(**typed))
         except (ValueError, TypeError) as e:
             raise OptionError(f"pass '{name}': {e}") from None
-    return passes
+    return schedule(passes) if scheduled else passes
+
+
+def explicit_options(text: str) -> list[set[str]]:
+    """Per spec of ``text`` (written order), the option keys the user wrote."""
+    out: list[set[str]] = []
+    for spec in split_specs(text):
+        m = _SPEC.match(spec)
+        body = (m.group(2) or "") if m else ""
+        out.append({item.partition("=")[0].strip() for item in split_specs(body)
+                    if "=" in item} if body.strip() else set())
+    return out
+
+
+def schedule(pipeline: Sequence[Pass]) -> list[Pass]:
+    """The order passes run in: a pass that declares ``runs_after = "X"`` (``bias_correct``: it
+    corrects the error of the weight quantisation that ``quantize`` introduces) moves from
+    before the first ``X`` to just after it, so ``calibrate,bias_correct,quantize`` means what it
+    says. Order is otherwise kept. Every command schedules through here."""
+    out = list(pipeline)
+    for p in list(out):
+        anchor = type(p).runs_after
+        if anchor is None:
+            continue
+        names = [q.name for q in out]
+        i = out.index(p)
+        if anchor in names[:i] or anchor not in names[i + 1:]:
+            continue
+        out.pop(i)
+        j = names.index(anchor, i + 1)  # position in the list after the pop is j - 1, insert at j
+        out.insert(j, p)
+    return out
+
+
+def data_needs(pipeline: Sequence[Pass]) -> tuple[list[str], list[str]]:
+    """(passes that cannot run without calibration data, passes that use it when given)."""
+    return ([p.name for p in pipeline if type(p).needs_data == "yes"],
+            [p.name for p in pipeline if type(p).needs_data == "optional"])
 
 
 def describe_options(cls: type[Pass]) -> list[tuple[str, str, str]]:

@@ -60,6 +60,7 @@ class Quantize(Pass):
     """Insert QDQ nodes for int8 (or int4/16) execution with ORT's fusable placement."""
 
     name = "quantize"
+    target_options = frozenset({"activations", "weights", "reduce_range"})
     summary = "insert qcompile.QDQ nodes (weights per channel, activations, int32 bias)"
     requires = (checks.bn_folded, checks.calibrated)
 

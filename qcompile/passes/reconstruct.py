@@ -63,6 +63,7 @@ class Reconstruct(Pass):
     """Jointly learn weight rounding and activation steps per block (BRECQ)."""
 
     name = "reconstruct"
+    needs_data = "yes"
     summary = "block reconstruction: learned weight rounding + activation steps (BRECQ)"
     requires = (checks.quantized,)
 

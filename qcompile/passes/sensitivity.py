@@ -165,6 +165,8 @@ class Sensitivity(Pass):
     """Measure every layer's accuracy drop / SQNR when only it is lowered (graph unchanged)."""
 
     name = "sensitivity"
+    needs_data = "yes"
+    target_options = frozenset({"activations", "reduce_range"})
     summary = "per-layer accuracy drop and logit SQNR when only that layer is lowered (cached)"
     requires = (checks.bn_folded, checks.calibrated)
 

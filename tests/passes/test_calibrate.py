@@ -9,11 +9,12 @@ import pytest
 
 from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.data import open_dataset
+from qcompile.data.calibration import CALIB_KEY
 from qcompile.errors import OptionError, QCompileError
 from qcompile.frontend import lift
 from qcompile.ir import RANGE
 from qcompile.passes import PassContext, PreconditionError, parse_pipeline, run_pipeline
-from qcompile.passes.calibrate import METADATA_KEY, Calibrate, observed_values
+from qcompile.passes.calibrate import Calibrate, observed_values
 from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph, tiny_npz
 
@@ -37,7 +38,7 @@ def test_ranges_cover_every_quantisable_input_and_skip_pre_activations(data):
     assert conv1.output.name not in ranges  # feeds only a Relu: fused, never quantised
     assert all(lo <= 0 <= hi or lo >= 0 for lo, hi in ranges.values())
     assert ranges["relu"][0] >= 0.0
-    rec = json.loads(g.metadata[METADATA_KEY])
+    rec = json.loads(g.metadata[CALIB_KEY])
     assert rec["images"] == 16 and len(rec["indices"]) == 16 and rec["seed"] == 0
 
 
@@ -54,9 +55,9 @@ def test_deterministic_for_a_seed_and_logged(data):
     b, _ = compile_graph(zoo.mini_resnet(), data, "fold,calibrate{images=8,seed=3}")
     c, _ = compile_graph(zoo.mini_resnet(), data, "fold,calibrate{images=8,seed=4}")
     assert _ranges(a) == _ranges(b)
-    ia = json.loads(a.metadata[METADATA_KEY])["indices"]
-    assert ia == json.loads(b.metadata[METADATA_KEY])["indices"]
-    assert ia != json.loads(c.metadata[METADATA_KEY])["indices"]
+    ia = json.loads(a.metadata[CALIB_KEY])["indices"]
+    assert ia == json.loads(b.metadata[CALIB_KEY])["indices"]
+    assert ia != json.loads(c.metadata[CALIB_KEY])["indices"]
     assert any("8 of 24 images" in m and str(ia[0]) in m for m in logs)
 
 

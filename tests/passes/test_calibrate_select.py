@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.data import open_dataset
 from qcompile.data import select as sel
+from qcompile.data.calibration import CALIB_KEY
 from qcompile.errors import OptionError
 from qcompile.frontend import lift
 from qcompile.ir import RANGE
 from qcompile.passes import PassContext, parse_pipeline
 from qcompile.passes._layerwise import calibration_inputs
 from qcompile.passes._select import feature_value, recorded_selection
-from qcompile.passes.calibrate import METADATA_KEY, Calibrate
+from qcompile.passes.calibrate import Calibrate
 from qcompile.testing import zoo
 from tests.passes.int8_helpers import compile_graph
 
@@ -38,7 +39,7 @@ def data(tmp_path):
 
 def _run(data, spec, **kw):
     g, results = compile_graph(zoo.mini_resnet(), data, f"fold,calibrate{{{spec}}}", **kw)
-    return g, results[-1][1], json.loads(g.metadata[METADATA_KEY])
+    return g, results[-1][1], json.loads(g.metadata[CALIB_KEY])
 
 
 def _ranges(g):
@@ -146,7 +147,7 @@ def test_feature_value_and_pixel_fallback(data):
     assert feature_value(lift(_conv_only())) == (None, "pixels")
     g, results = compile_graph(_conv_only(), data, "calibrate{images=8,select=diverse}")
     assert any("pixels downsampled" in n for n in results[-1][1].notes)
-    assert len(json.loads(g.metadata[METADATA_KEY])["indices"]) == 8
+    assert len(json.loads(g.metadata[CALIB_KEY])["indices"]) == 8
 
 
 # ----------------------------------------------------------------------------- maths

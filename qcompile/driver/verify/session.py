@@ -13,7 +13,7 @@ import numpy as np
 from qcompile.backends.mpfr import Interpreter, make_config
 from qcompile.backends.mpfr.ops_qdq_fuse import exact_integer_graph
 from qcompile.backends.ort.intermediates import IntermediateRunner
-from qcompile.data import open_dataset, preprocess_from_options
+from qcompile.driver.context import open_data
 from qcompile.driver.verify.compare import FloatCmp, TensorCmp
 from qcompile.errors import QCompileError
 from qcompile.frontend import lift
@@ -57,7 +57,7 @@ class VerifySession:
 
     # ------------------------------------------------------------------ data
     def open_data(self, data, preprocess: str, limit: int | None, log: Callable[[str], None]):
-        ds = open_dataset(data, preprocess_from_options(preprocess), warn=log)
+        ds = open_data(data, preprocess, log=log)
         n = len(ds) if limit is None else min(len(ds), max(int(limit), 0))
         if n == 0:
             raise QCompileError(f"data: no images in {ds.source} (--limit {limit})")

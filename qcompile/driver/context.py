@@ -1,0 +1,55 @@
+"""The pass context every command builds the same way: calibration data opened with the
+command's preprocessing, ONNX Runtime injected as the executor (``passes/`` never imports a
+backend), and the pipeline's data needs checked up front from what each pass declares
+(``Pass.needs_data``), so no driver keeps a list of pass names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from qcompile.errors import QCompileError
+
+__all__ = ["open_data", "ort_executor", "pass_context"]
+
+
+def open_data(path: str, preprocess: str | Any = "none", *, size: int | None = None,
+              log: Callable[[str], None] = lambda m: None):
+    """``open_dataset(path)`` with ``preprocess`` (a preset name or a ``Preprocess``)."""
+    from qcompile.data import Preprocess, open_dataset, preprocess_from_options
+
+    pre = preprocess if isinstance(preprocess, Preprocess) else \
+        preprocess_from_options(preprocess, **({"size": size} if size is not None else {}))
+    return open_dataset(path, pre, warn=log)
+
+
+def ort_executor():
+    """The executor passes run graphs with (ONNX Runtime, float)."""
+    from qcompile.backends.ort.executor import OrtExecutor
+
+    return OrtExecutor()
+
+
+def pass_context(pipeline: Sequence[Any], *, calib: str | None = None,
+                 preprocess: str | Any = "none", seed: int = 0, verify_each: bool = True,
+                 progress: Callable[..., Any] | None = None,
+                 log: Callable[[str], None] = lambda m: None, calib_flag: str = "--calib"):
+    """A ``PassContext`` for ``pipeline``: with ``calib`` the data set and the ORT executor;
+    refuses (one line, naming the first such pass and ``calib_flag``) when a pass cannot run
+    without calibration data and none is given."""
+    from qcompile.passes import PassContext
+    from qcompile.passes.pipeline import data_needs
+
+    ctx = PassContext(rng=np.random.default_rng(seed), verify_each=verify_each,
+                      progress=progress, log=log)
+    needs, _ = data_needs(pipeline)
+    if needs and calib is None:
+        raise QCompileError(f"pass '{needs[0]}' needs calibration images; give {calib_flag} "
+                            "DATA (a .npz/.npy, an image folder or an image)")
+    if calib is not None:
+        ctx.calib_data = open_data(calib, preprocess, log=log)
+        ctx.executor = ort_executor()
+    return ctx
