@@ -49,7 +49,7 @@ class LiftWarning(UserWarning):
 
 
 def _default_warn(message: str) -> None:
-    warnings.warn(message, LiftWarning, stacklevel=3)
+    warnings.warn(message, LiftWarning, stacklevel=4)  # lift's caller
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:

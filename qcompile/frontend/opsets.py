@@ -60,9 +60,9 @@ def convert(model: onnx.ModelProto, opset: int, target: int, src: str,
         out = version_converter.convert_version(model, target)
     except Exception as e:  # the converter raises RuntimeError/ValidationError with C++ text
         text = " ".join(str(e).split())
-        m = re.search(r"\bfor (?:op )?'?([A-Za-z_][\w.]*)'?", text)
-        op = m.group(1) if m else _first_op_changed(model, opset, target)
-        detail = re.sub(r"^.*?(Assertion|No Adapter|Unsupported)", r"\1", text)[:160]
+        m = re.search(r"\bfor (?:op )?'?([A-Za-z_][\w.]*)'?|op_type:\s*([A-Za-z_]\w*)", text)
+        op = (m.group(1) or m.group(2)) if m else _first_op_changed(model, opset, target)
+        detail = re.sub(r"^.*?(Assertion|No Adapter|Unsupported)", r"\1", text)[:160].rstrip(" .;")
         raise ModelError(
             f"model: {src} uses opset {opset} (qcompile reads {NATIVE_MIN}..{NATIVE_MAX}) and "
             f"onnx.version_converter cannot convert it to {target} at op {op}: {detail}; "
