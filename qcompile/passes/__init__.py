@@ -15,6 +15,7 @@ from qcompile.passes.base import (
 )
 from qcompile.passes.bias_correct import BiasCorrect
 from qcompile.passes.calibrate import Calibrate
+from qcompile.passes.canonicalize import Canonicalize
 from qcompile.passes.cle import CrossLayerEqualize
 from qcompile.passes.cleanup import Cleanup
 from qcompile.passes.clip_search import ClipSearch
@@ -34,6 +35,7 @@ from qcompile.passes.sensitivity import Sensitivity
 REGISTRY: dict[str, type[Pass]] = {
     "fold": FoldBatchNorm,
     "cleanup": Cleanup,
+    "canonicalize": Canonicalize,
     "cle": CrossLayerEqualize,
     "absorb": AbsorbHighBias,
     "calibrate": Calibrate,
