@@ -12,14 +12,13 @@ from qcompile.backends.mpfr.interpreter import FastEngine, RefEngine
 from qcompile.backends.mpfr.listeners import same_bits
 from qcompile.backends.mpfr.ops_fast import FAST
 from qcompile.backends.mpfr.ops_ref import REF
-from qcompile.numerics.formats import Rounding
 from tests.backends.mpfr_helpers import cfg, rand
 
 FORMATS = ["b15e4", "fp16", "bf16", "e4m3"]
 SETTINGS = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 fmt_st = st.sampled_from(FORMATS)
-mode_st = st.sampled_from([m.value for m in Rounding])
+mode_st = st.sampled_from(["nearest", "up", "down", "zero", "away"])  # --rounding
 seed_st = st.integers(0, 2**31 - 1)
 
 
@@ -162,3 +161,37 @@ def test_integer_arithmetic_is_exact_numpy():
         got = check(op, c, ins, {})[0]
         assert got.dtype == np.int64 and (got == want).all(), op
     assert (check("Neg", c, [a], {})[0] == -a).all()
+
+
+@SETTINGS
+@given(fmt=fmt_st, mode=mode_st, seed=seed_st, rmode=st.sampled_from(["nearest", "linear"]),
+       tr=st.sampled_from(["half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners",
+                           "tf_half_pixel_for_nn"]),
+       nm=st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]),
+       by=st.sampled_from(["scales", "sizes"]), special=st.booleans())
+def test_resize(fmt, mode, seed, rmode, tr, nm, by, special):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, (1, 2, 3, 4), special)
+    if by == "scales":
+        ins = [x, None, np.array([1, 1, 2, 1.5], np.float32)]
+    else:
+        ins = [x, None, None, np.array([1, 2, 5, 3], np.int64)]
+    if rmode == "linear" and tr == "tf_half_pixel_for_nn":
+        tr = "half_pixel"
+    check("Resize", cfg(fmt, mode), ins, dict(mode=rmode, coordinate_transformation_mode=tr,
+                                              nearest_mode=nm))
+
+
+@SETTINGS
+@given(fmt=fmt_st, mode=mode_st, seed=seed_st, op=st.sampled_from(["MaxPool", "AveragePool"]),
+       k=st.integers(1, 3), stride=st.integers(1, 3), pads=st.tuples(*[st.integers(0, 1)] * 4),
+       dil=st.tuples(st.integers(1, 2), st.integers(1, 2)), ceil=st.integers(0, 1),
+       incl=st.integers(0, 1), special=st.booleans())
+def test_pool_attributes(fmt, mode, seed, op, k, stride, pads, dil, ceil, incl, special):
+    """ceil_mode, dilations, asymmetric pads and count_include_pad (the padded-extent count)."""
+    rng = np.random.default_rng(seed)
+    attrs = dict(kernel_shape=(k, 2), strides=(stride, 2), pads=pads, dilations=dil,
+                 ceil_mode=ceil)
+    if op == "AveragePool":
+        attrs["count_include_pad"] = incl
+    check(op, cfg(fmt, mode), [rand(rng, (1, 2, 6, 7), special)], attrs)

@@ -107,7 +107,7 @@ def _is_float(a: np.ndarray) -> bool:
     return np.issubdtype(a.dtype, np.floating)
 
 
-def _unsupported_reason(node: Node) -> str | None:
+def _unsupported_reason(node: Node, opset: int = 17) -> str | None:
     a = node.attrs
     if node.op == "Gemm" and (float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0):
         return "Gemm with alpha/beta != 1"
@@ -118,6 +118,14 @@ def _unsupported_reason(node: Node) -> str | None:
         return "BatchNormalization in training mode"
     if node.op == "Pad" and str(a.get("mode", "constant")).strip("b'") == "wrap":
         return "Pad mode=wrap"
+    if node.op == "Resize":
+        from qcompile.backends.mpfr.ops_resize import unsupported_reason
+
+        return unsupported_reason(a)
+    if node.op == "MaxPool" and len(node.outputs) > 1:
+        return "MaxPool with an Indices output"
+    if node.op == "Softmax" and opset < 13:
+        return "Softmax before opset 13 (2-D coercion)"
     return None
 
 
@@ -152,7 +160,7 @@ class Interpreter:
         table = self.engine.table
         for n in self.graph.nodes:
             reason = None if table.lookup(n) is not None else n.qualified_op
-            reason = reason or _unsupported_reason(n)
+            reason = reason or _unsupported_reason(n, self.graph.opset)
             if reason:
                 missing.setdefault(reason, []).append(n.name)
         return missing

@@ -85,7 +85,7 @@ class Verifier:
         if node.name in self.seen or _kernel_flag(node, "data_movement"):
             return  # data movement: one implementation serves both engines
         self.seen.add(node.name)
-        if not len(outputs) or np.asarray(outputs[0]).dtype.kind != "f":
+        if not len(outputs) or np.asarray(outputs[0]).dtype.kind not in "fO":
             return  # integer results (Cast to int) are not format values
         y = _f64(outputs[0])
         if y.size == 0:

@@ -221,8 +221,11 @@ def avgpool(E, x, *, kernel_shape, strides=None, pads=None, ceil_mode=0, auto_pa
             cnt = np.zeros((OH, OW))
         acc = np.where(ok, E.A.add(acc, v), acc)
         cnt += ok
-    if count_include_pad:
-        cnt[...] = kernel_shape[0] * kernel_shape[1]
+    if count_include_pad:  # taps inside the padded input (fewer only past it, ceil_mode)
+        s, d, p, (OH, OW) = cm.conv_geometry(x.shape, kernel_shape, strides=strides, pads=pads,
+                                             dilations=dilations, auto_pad=auto_pad,
+                                             ceil_mode=ceil_mode)
+        cnt = cm.padded_window_counts(x.shape[2], x.shape[3], OH, OW, kernel_shape, s, d, p)
     return (E.A.div(acc, np.broadcast_to(E.convert(cnt), acc.shape)),)
 
 
@@ -256,7 +259,9 @@ from qcompile.backends.mpfr import ops_qdq as _ops_qdq  # noqa: E402  (quantised
 _ops_qdq.register(FAST)
 
 from qcompile.backends.mpfr import ops_ext_fast as _ext  # noqa: E402  (exporter ops, #12)
+from qcompile.backends.mpfr import ops_resize as _rs  # noqa: E402
 from qcompile.backends.mpfr.ops_shape import add_integer_paths  # noqa: E402
 
 _ext.register(FAST)
+_rs.register(FAST, _rs.resize_fast)
 add_integer_paths(FAST)

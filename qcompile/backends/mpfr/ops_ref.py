@@ -282,12 +282,15 @@ def avgpool(E, x, *, kernel_shape, strides=None, pads=None, ceil_mode=0, auto_pa
     kw = dict(strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
               ceil_mode=ceil_mode)
 
+    s, d, p, (OH, OW) = cm.conv_geometry(x.shape, kernel_shape, **kw)
+    padded = cm.padded_window_counts(x.shape[2], x.shape[3], OH, OW, kernel_shape, s, d, p)
+
     def elem(i):
         vals = _window(x, kernel_shape, kw, i)
         acc = _POS0
         for v in vals:
             acc = E.A.add(acc, v)
-        n = kernel_shape[0] * kernel_shape[1] if count_include_pad else len(vals)
+        n = int(padded[i[2], i[3]]) if count_include_pad else len(vals)
         return E.A.div(acc, E.C.round(float(n)))
 
     return _full(_pool_shape(x, kernel_shape, kw), elem, sample)
@@ -325,7 +328,9 @@ from qcompile.backends.mpfr import ops_qdq_ref as _ops_qdq_ref  # noqa: E402  (q
 _ops_qdq_ref.register(REF)
 
 from qcompile.backends.mpfr import ops_ext_ref as _ext  # noqa: E402  (exporter ops, #12)
+from qcompile.backends.mpfr import ops_resize as _rs  # noqa: E402
 from qcompile.backends.mpfr.ops_shape import add_integer_paths  # noqa: E402
 
 _ext.register(REF)
+_rs.register(REF, _rs.resize_ref)
 add_integer_paths(REF)

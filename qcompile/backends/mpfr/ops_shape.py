@@ -58,7 +58,8 @@ def shape(x, *, start=0, end=None):
 
 
 def gather(data, indices, *, axis=0):
-    return (np.take(data, np.asarray(indices, np.int64), axis=axis),)
+    out = np.take(data, np.asarray(indices, np.int64), axis=axis)
+    return (out if isinstance(out, np.ndarray) else np.array(out, dtype=data.dtype),)
 
 
 def split(x, sizes=None, *, axis=0, split=None, num_outputs=None, n_outputs=1):
