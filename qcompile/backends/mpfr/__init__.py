@@ -23,7 +23,11 @@ Semantics (both engines follow them exactly; see README "Float-format emulation"
   divide by the (converted) count; Add/Sub/Mul/Div/Sqrt element-wise; Relu (x if x > 0 or
   NaN, else +0), MaxPool (first maximum in window order, NaN wins), Clip, Pad, Slice,
   Flatten, Reshape, Identity, Concat exact; LeakyRelu one multiply; Exp, Tanh correctly
-  rounded (MPFR); Sigmoid = 1 / (1 + exp(-x)) in three rounded steps.
+  rounded (MPFR); Sigmoid = 1 / (1 + exp(-x)) in three rounded steps;
+* exporter ops (ReduceMean/Sum, Softmax, HardSigmoid/Swish, Sum, Max/Min, Cast, LRN, Resize,
+  Shape, Gather, Split, ConstantOfShape, Expand): ``ops_ext_fast``, ``ops_resize`` and
+  ``ops_shape`` state their rules; integer (shape) tensors pass through exactly as int64.
+  Kernels declare ``data_movement`` / ``exact`` (``ops_shape``); the listeners read that.
 
 ``Interpreter(graph, config, engine="fast"|"reference")``; ``config.make_config(...)``.
 """
