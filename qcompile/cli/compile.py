@@ -113,7 +113,7 @@ def list_passes(as_json: bool = typer.Option(False, "--json"),
 
     Example: qcompile passes --json; qcompile passes --presets
     """
-    from qcompile.passes import REGISTRY, describe_options
+    from qcompile.driver.compile import pass_table
 
     if presets:
         from qcompile.driver.presets import PRESETS
@@ -125,15 +125,7 @@ def list_passes(as_json: bool = typer.Option(False, "--json"),
             typer.echo(f"{name:<16} {text}")
         return
 
-    rows = []
-    for name, cls in REGISTRY.items():
-        rows.append({
-            "name": name,
-            "summary": cls.summary or (cls.__doc__ or "").strip().splitlines()[0],
-            "options": [{"name": n, "type": t, "default": d} for n, t, d in describe_options(cls)],
-            "requires": [c.name for c in cls.requires],
-            "ensures": [c.name for c in cls.ensures],
-        })
+    rows = pass_table()
     if as_json:
         _echo_json(rows)
         return

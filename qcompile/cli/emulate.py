@@ -58,8 +58,8 @@ def emulate(
 
       qcompile emulate ../shared/data/cifar10_resnet20.onnx --format fp32 --preset fl-e4m3 --calib ../shared/data/cifar10_test_dev.npz --data ../shared/data/cifar10_test_dev.npz --preprocess cifar --limit 200
     """
-    from qcompile.backends.mpfr.config import make_config
     from qcompile.driver.emulate import emulate as run_emulation
+    from qcompile.driver.emulate import make_config
 
     cfg = make_config(bits=bits, exp_bits=exp_bits, format=fmt, compat=compat,
                       rounding=rounding, convert_rounding=convert_rounding, accumulate=accumulate)

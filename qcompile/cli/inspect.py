@@ -24,10 +24,9 @@ def inspect(
 
       qcompile inspect resnet18.onnx --json --no-layers
     """
-    from qcompile.driver.inspect import inspect_graph
-    from qcompile.frontend import lift
+    from qcompile.driver.inspect import inspect_model
 
-    report = inspect_graph(lift(model))
+    report = inspect_model(model)
     if as_json:
         if not layers:
             report.pop("layers")

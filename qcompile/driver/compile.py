@@ -74,3 +74,17 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
                     "notes": list(r.notes), "seconds": round(t, 6)}
                    for p, r, t in result.results],
     }
+
+
+def pass_table() -> list[dict[str, Any]]:
+    """Every registered pass: name, summary, options (name, type, default), requires, ensures
+    (what ``qcompile passes`` prints)."""
+    from qcompile.passes import describe_options
+
+    return [{
+        "name": name,
+        "summary": cls.summary or (cls.__doc__ or "").strip().splitlines()[0],
+        "options": [{"name": n, "type": t, "default": d} for n, t, d in describe_options(cls)],
+        "requires": [c.name for c in cls.requires],
+        "ensures": [c.name for c in cls.ensures],
+    } for name, cls in REGISTRY.items()]

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from qcompile.backends.mpfr.config import EmuConfig
+from qcompile.backends.mpfr.config import EmuConfig, make_config
 from qcompile.backends.mpfr.interpreter import Interpreter
 from qcompile.backends.mpfr.listeners import DumpListener, LayerStats, Verifier
 from qcompile.data.calibration import calibration_indices
 from qcompile.driver.context import open_data, pass_context
 from qcompile.errors import QCompileError
+
+__all__ = ["emulate", "make_config"]
 
 
 def jnum(v: float) -> float | str:

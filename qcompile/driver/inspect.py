@@ -86,3 +86,10 @@ def inspect_graph(graph: Graph) -> dict:
         "total_macs": total,
         "gmacs": total / 1e9,
     }
+
+
+def inspect_model(model) -> dict:
+    """:func:`inspect_graph` of the lifted ``model`` (a path or ModelProto)."""
+    from qcompile.frontend import lift
+
+    return inspect_graph(lift(model))

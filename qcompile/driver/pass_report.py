@@ -48,7 +48,7 @@ from qcompile.driver.context import open_data, ort_executor, pass_context
 from qcompile.driver.report import SqnrReport
 from qcompile.errors import QCompileError
 from qcompile.files import atomic_write, check_output_path
-from qcompile.ir import QCOMPILE_DOMAIN, Graph, Value
+from qcompile.ir import Graph, Value, is_op
 from qcompile.numerics.error import SqnrAccumulator
 from qcompile.passes.base import Pass, PassResult
 
@@ -120,7 +120,7 @@ class PassReport:
 
 
 def has_qdq(graph: Graph) -> bool:
-    return any(n.domain == QCOMPILE_DOMAIN and n.op == "QDQ" for n in graph.nodes)
+    return any(is_op(n, "QDQ") for n in graph.nodes)
 
 
 def layer_names(fp32: Graph) -> list[tuple[str, str]]:
@@ -143,7 +143,7 @@ def stage_value(graph: Graph, name: str) -> Value | None:
     if v is None or v.is_const:
         return None
     for u in v.uses():
-        if u.node.domain == QCOMPILE_DOMAIN and u.node.op == "QDQ" and u.index == 0:
+        if is_op(u.node, "QDQ") and u.index == 0:
             return u.node.output
     return v
 

@@ -82,14 +82,14 @@ def check_graph(target: Target, graph, *, stage: str) -> None:
     """Target-level checks: before the passes (``stage='input'``) and after (``'output'``)."""
     if target.name != "ort-int8":
         return
-    from qcompile.ir import QCOMPILE_DOMAIN
+    from qcompile.ir import is_op
     from qcompile.passes.quantize import quantisable_nodes
 
     if stage == "input" and not quantisable_nodes(graph):
         raise OptionError(f"target ort-int8: {graph.name!r} has no quantisable op (Conv, Gemm "
                           "or MatMul with a constant weight, or Add of two activations); "
                           "nothing to run in int8 (use --target ort-fp32)")
-    if stage == "output" and not any(n.domain == QCOMPILE_DOMAIN and n.op == "QDQ"
+    if stage == "output" and not any(is_op(n, "QDQ")
                                      for n in graph.nodes):
         raise OptionError("target ort-int8: no op was quantised (all declined or kept float; "
                           "see the quantize notes with --json); nothing to run in int8")

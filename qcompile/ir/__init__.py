@@ -12,12 +12,13 @@ from qcompile.ir.core import (
 )
 from qcompile.ir.dtypes import DType
 from qcompile.ir.meta import RANGE, MetaKey, Range
-from qcompile.ir.ops import ONNX_OPS, QCOMPILE_OPS, OpSchema, is_known, schema
+from qcompile.ir.ops import ONNX_OPS, QCOMPILE_OPS, OpSchema, is_known, is_op, schema
 from qcompile.ir.printer import format_graph
 from qcompile.ir.traversal import live_nodes, single_consumer, to_networkx
 from qcompile.ir.verify import VerifyError, verify
 
 __all__ = [
+    "is_op",
     "DEFAULT_DOMAIN",
     "QCOMPILE_DOMAIN",
     "DType",

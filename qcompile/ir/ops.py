@@ -75,5 +75,11 @@ def schema(node: Node) -> OpSchema | None:
     return None
 
 
+def is_op(node: Node | None, *ops: str, domain: str = QCOMPILE_DOMAIN) -> bool:
+    """``node`` is one of ``ops`` in ``domain`` (default: ours), e.g. ``is_op(n, "QDQ")``,
+    ``is_op(n, "QDQ", "FQ")``, ``is_op(n, "Conv", domain=DEFAULT_DOMAIN)``."""
+    return node is not None and node.domain == domain and node.op in ops
+
+
 def is_known(node: Node) -> bool:
     return schema(node) is not None

@@ -15,11 +15,12 @@ goldens that must not depend on last-bit arithmetic).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qcompile.ir.core import Graph, Node, Value
+if TYPE_CHECKING:  # annotations only: core calls the printer for str(graph)
+    from qcompile.ir.core import Graph, Node, Value
 
 
 def digest(array: np.ndarray) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcompile.errors import QCompileError
-from qcompile.ir import QCOMPILE_DOMAIN, Graph, Node, Value
+from qcompile.ir import Graph, Node, Value, is_op
 from qcompile.numerics import quant
 from qcompile.numerics.patches import LinearGeometry
 from qcompile.passes import checks
@@ -31,7 +31,7 @@ class LayerwiseError(QCompileError):
 
 
 def is_qdq(n: Node | None) -> bool:
-    return n is not None and n.domain == QCOMPILE_DOMAIN and n.op == "QDQ"
+    return is_op(n, "QDQ")
 
 
 @dataclass
@@ -120,12 +120,12 @@ def geometry(n: Node) -> LinearGeometry:
 
 
 def _fused_bounds(n: Node) -> tuple[float, float] | None:
-    from qcompile.passes.quantize import _activation_bounds
+    from qcompile.passes.quantize import activation_bounds
 
     act = checks.fused_activation(n.output)
     if act is None:
         return None
-    b = _activation_bounds(act)
+    b = activation_bounds(act)
     return None if b is None else (b[0], b[1])
 
 

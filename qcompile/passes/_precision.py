@@ -20,7 +20,7 @@ import numpy as np
 
 from qcompile.data.calibration import add_indices, calibration_indices, held_out
 from qcompile.errors import QCompileError
-from qcompile.ir import QCOMPILE_DOMAIN, Graph, Node, TensorType
+from qcompile.ir import Graph, Node, TensorType, is_op
 from qcompile.numerics import quant
 from qcompile.numerics.clipping import symmetric_weight_scale
 from qcompile.passes.base import PassContext
@@ -30,7 +30,7 @@ WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 def _qdq_of(v) -> Node | None:
     p = None if v is None else v.producer
-    return p if p is not None and p.domain == QCOMPILE_DOMAIN and p.op == "QDQ" else None
+    return p if is_op(p, "QDQ") else None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from qcompile.numerics import patches as pt
 from qcompile.numerics import reconstruct as rc
 from qcompile.passes._layerwise import WEIGHTED, QLayer, is_qdq, quantised_layers
 from qcompile.passes.base import Stats
-from qcompile.passes.quantize import TRANSPARENT, _activation_bounds
+from qcompile.passes.quantize import TRANSPARENT, activation_bounds
 
 _RESHAPE = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
@@ -170,7 +170,7 @@ def build_block(plan: BlockPlan, learn_steps: bool = True
         elif n.op == "Relu":
             ops.append(rc.Op("relu", ins[:1], out))
         elif n.op == "Clip":
-            b = _activation_bounds(n)
+            b = activation_bounds(n)
             if b is None:
                 return f"{where}: Clip bounds are not constant"
             ops.append(rc.Op("clip", ins[:1], out, (b[0], b[1])))

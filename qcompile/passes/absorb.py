@@ -22,7 +22,7 @@ import numpy as np
 from qcompile.ir import RANGE, Graph, Node
 from qcompile.passes import checks
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
-from qcompile.passes.cle import LINEAR, _exclusive_weight, _sink_slices
+from qcompile.passes.cle import LINEAR, exclusive_weight, sink_slices
 
 COMMUTE = ("MaxPool", "GlobalAveragePool", "Flatten", "Identity")
 
@@ -72,7 +72,7 @@ class AbsorbHighBias(Pass):
 
 def _match(src: Node, st: Stats) -> tuple[Node, Node] | None:
     where = f"{src.op} {src.name!r}"
-    if not _exclusive_weight(src):
+    if not exclusive_weight(src):
         return None
     v = src.outputs[0]
     seen_relu = False
@@ -86,7 +86,7 @@ def _match(src: Node, st: Stats) -> tuple[Node, Node] | None:
         if n.op == "Relu" and not seen_relu:
             seen_relu = True
         elif n.op in LINEAR and seen_relu:
-            if not _exclusive_weight(n):
+            if not exclusive_weight(n):
                 st.skip("shared_weight", where, f"sink {n.name!r} has a shared weight")
                 return None
             if n.op == "Conv" and (any(n.attrs.get("pads", ())) or
@@ -121,7 +121,7 @@ def _absorb(graph: Graph, src: Node, sink: Node, c: np.ndarray) -> None:
     w2 = sink.inputs[1].const.astype(np.float64)
     n_out = w2.shape[0] if sink.op == "Conv" or sink.attrs.get("transB", 0) else w2.shape[1]
     shift = np.zeros(n_out)
-    for ch, idx in enumerate(_sink_slices(sink, len(c))):
+    for ch, idx in enumerate(sink_slices(sink, len(c))):
         if c[ch] == 0:
             continue
         part = w2[idx]  # [outputs of this channel's group, kernel...] or a 1-D Gemm slice

@@ -50,7 +50,7 @@ from typing import Literal
 import numpy as np
 
 from qcompile.errors import OptionError, QCompileError
-from qcompile.ir import QCOMPILE_DOMAIN, Graph
+from qcompile.ir import Graph, is_op
 from qcompile.numerics import quant
 from qcompile.numerics.error import sqnr_from_sums
 from qcompile.passes import checks
@@ -68,7 +68,7 @@ class BudgetError(QCompileError):
 
 
 def _formats_assigned(graph: Graph) -> str | None:
-    if any(n.domain == QCOMPILE_DOMAIN and n.op in ("QDQ", "FQ") for n in graph.nodes):
+    if any(is_op(n, "QDQ", "FQ") for n in graph.nodes):
         return None
     return "the graph has no qcompile.QDQ or qcompile.FQ node"
 

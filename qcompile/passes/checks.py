@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qcompile.ir import QCOMPILE_DOMAIN, RANGE, Graph, Node, Value
+from qcompile.ir import RANGE, Graph, Node, Value, is_op
 from qcompile.passes.base import Check
 
 FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
@@ -16,8 +16,6 @@ def exclusive_const(v: Value | None, node: Node) -> bool:
 def _bn_folded(graph: Graph) -> str | None:
     # Same predicate the fold pass uses, so a BN that fold declines (shared weight...) does not
     # count as unfolded: later passes treat it as an ordinary op.
-    from qcompile.passes.fold import fold_blocker
-
     left = [n.name for n in graph.nodes if n.op == "BatchNormalization" and n.domain == ""
             and fold_blocker(n) is None]
     if left:
@@ -35,7 +33,7 @@ def _static_shapes(graph: Graph) -> str | None:
 
 
 def _quantized(graph: Graph) -> str | None:
-    if any(n.domain == QCOMPILE_DOMAIN and n.op == "QDQ" for n in graph.nodes):
+    if any(is_op(n, "QDQ") for n in graph.nodes):
         return None
     return "the graph has no qcompile.QDQ node"
 
@@ -80,3 +78,33 @@ def _calibrated(graph: Graph) -> str | None:
 
 calibrated = Check("calibrated", _calibrated,
                    "every activation feeding a Conv/Gemm/MatMul/Add has a calibrated range")
+
+
+def fold_blocker(bn: Node) -> tuple[str, str] | None:
+    """None when ``bn`` can be folded, else (stat key, human reason)."""
+    x = bn.inputs[0]
+    prod = x.producer if x is not None else None
+    if prod is None or prod.op not in FOLDABLE_PRODUCERS or prod.domain != "":
+        what = "a graph input" if prod is None else f"{prod.op} {prod.name!r}"
+        return "not_after_linear", f"follows {what}, not a Conv/ConvTranspose/Gemm"
+    if bn.attrs.get("training_mode", 0) or any(o.uses() for o in bn.outputs[1:]):
+        return "training_mode", "is in training mode (uses batch statistics)"
+    if len(x.uses()) != 1 or x in (prod.graph.outputs if prod.graph else ()):
+        return "shared_output", f"the output of {prod.name!r} is also used elsewhere"
+    if not all(v is not None and v.is_const for v in bn.inputs[1:5]):
+        return "params_not_constant", "scale/bias/mean/var are not all constants"
+    w = prod.inputs[1]
+    if w is None or not w.is_const:
+        return "weight_not_constant", f"the weight of {prod.name!r} is not a constant"
+    if not exclusive_const(w, prod):
+        return "shared_weight", f"the weight %{w.name} of {prod.name!r} is shared with another node"
+    b = prod.inputs[2] if len(prod.inputs) > 2 else None
+    if b is not None and not exclusive_const(b, prod):
+        return "shared_bias", f"the bias %{b.name} of {prod.name!r} is shared or not constant"
+    cout = bn.inputs[1].const.size  # type: ignore[union-attr]
+    if prod.op == "Gemm":
+        if b is not None and b.const is not None and b.const.size not in (1, cout):
+            return "full_gemm_bias", f"Gemm {prod.name!r} has a full [M, N] bias"
+        if x.type.rank != 2:
+            return "not_after_linear", "Gemm output is not 2-D"
+    return None

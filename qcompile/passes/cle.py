@@ -148,7 +148,7 @@ def _clip_to_relu(graph: Graph, clip: Node) -> None:
         relu.outputs[0].name = graph.unique_name(public)
 
 
-def _exclusive_weight(n: Node) -> bool:
+def exclusive_weight(n: Node) -> bool:
     w = n.inputs[1]
     b = n.inputs[2] if len(n.inputs) > 2 else None
     return checks.exclusive_const(w, n) and (b is None or checks.exclusive_const(b, n))
@@ -156,7 +156,7 @@ def _exclusive_weight(n: Node) -> bool:
 
 def _match(src: Node, st: Stats) -> Region | None:
     where = f"{src.op} {src.name!r}"
-    if not _exclusive_weight(src):
+    if not exclusive_weight(src):
         return None  # reported when this node is the sink side, or not equalisable at all
     v: Value = src.outputs[0]
     mids: list[Node] = []
@@ -170,7 +170,7 @@ def _match(src: Node, st: Stats) -> Region | None:
         if n.domain != "" or idx != 0:
             return None
         if n.op in LINEAR:
-            if not _exclusive_weight(n):
+            if not exclusive_weight(n):
                 st.skip("shared_weight", where, f"sink {n.name!r} has a shared/non-constant weight")
                 return None
             if n.op == "Gemm" and n.attrs.get("transA", 0):
@@ -213,7 +213,7 @@ def _src_view(n: Node) -> np.ndarray:
     return w
 
 
-def _sink_slices(n: Node, channels: int) -> list[tuple]:
+def sink_slices(n: Node, channels: int) -> list[tuple]:
     """Index expression of sink weight entries that multiply input channel c, per c."""
     w = n.inputs[1].const
     if n.op == "Gemm":
@@ -230,7 +230,7 @@ def _equalize(r: Region) -> float:
     w1 = _src_view(r.src).astype(np.float64)
     c = w1.shape[0]
     w2 = r.sink.inputs[1].const.astype(np.float64)
-    sl = _sink_slices(r.sink, c)
+    sl = sink_slices(r.sink, c)
     r1 = np.abs(w1.reshape(c, -1)).max(axis=1)
     r2 = np.array([np.abs(w2[s]).max() for s in sl])
     s = np.ones(c)

@@ -43,7 +43,7 @@ class FoldBatchNorm(Pass):
         for bn in graph.nodes:
             if bn.op != "BatchNormalization" or bn.domain != "":
                 continue
-            reason = fold_blocker(bn)
+            reason = checks.fold_blocker(bn)
             if reason is not None:
                 st.skip(reason[0], f"BatchNormalization {bn.name!r}", reason[1])
                 continue
@@ -51,36 +51,6 @@ class FoldBatchNorm(Pass):
             st.count("folded")
             modified = True
         return st.result(graph, modified)
-
-
-def fold_blocker(bn: Node) -> tuple[str, str] | None:
-    """None when ``bn`` can be folded, else (stat key, human reason)."""
-    x = bn.inputs[0]
-    prod = x.producer if x is not None else None
-    if prod is None or prod.op not in checks.FOLDABLE_PRODUCERS or prod.domain != "":
-        what = "a graph input" if prod is None else f"{prod.op} {prod.name!r}"
-        return "not_after_linear", f"follows {what}, not a Conv/ConvTranspose/Gemm"
-    if bn.attrs.get("training_mode", 0) or any(o.uses() for o in bn.outputs[1:]):
-        return "training_mode", "is in training mode (uses batch statistics)"
-    if len(x.uses()) != 1 or x in (prod.graph.outputs if prod.graph else ()):
-        return "shared_output", f"the output of {prod.name!r} is also used elsewhere"
-    if not all(v is not None and v.is_const for v in bn.inputs[1:5]):
-        return "params_not_constant", "scale/bias/mean/var are not all constants"
-    w = prod.inputs[1]
-    if w is None or not w.is_const:
-        return "weight_not_constant", f"the weight of {prod.name!r} is not a constant"
-    if not checks.exclusive_const(w, prod):
-        return "shared_weight", f"the weight %{w.name} of {prod.name!r} is shared with another node"
-    b = prod.inputs[2] if len(prod.inputs) > 2 else None
-    if b is not None and not checks.exclusive_const(b, prod):
-        return "shared_bias", f"the bias %{b.name} of {prod.name!r} is shared or not constant"
-    cout = bn.inputs[1].const.size  # type: ignore[union-attr]
-    if prod.op == "Gemm":
-        if b is not None and b.const is not None and b.const.size not in (1, cout):
-            return "full_gemm_bias", f"Gemm {prod.name!r} has a full [M, N] bias"
-        if x.type.rank != 2:
-            return "not_after_linear", "Gemm output is not 2-D"
-    return None
 
 
 def _rewrite(graph: Graph, bn: Node) -> None:

@@ -106,7 +106,7 @@ class Quantize(Pass):
             if n.op in ("Conv", "Add"):
                 out = n.output
                 act = checks.fused_activation(out)
-                if act is not None and (bounds := _activation_bounds(act)) is not None:
+                if act is not None and (bounds := activation_bounds(act)) is not None:
                     out = act.output
                     clip[out] = bounds
                 need[out] = None
@@ -289,7 +289,7 @@ def _activation_inputs(n: Node) -> list[Value]:
     return [n.inputs[0]]  # type: ignore[list-item]
 
 
-def _activation_bounds(act: Node) -> tuple[float, float] | None:
+def activation_bounds(act: Node) -> tuple[float, float] | None:
     """``(lo, hi)`` the fused activation clamps to, or None when it cannot be fused."""
     if act.op == "Relu":
         return 0.0, float("inf")

@@ -222,10 +222,10 @@ def _mse_weight_scales(layers: list[QLayer], st: Stats) -> None:
 
 
 def _clip_bounds(n: Node) -> tuple[float, float] | None:
-    from qcompile.passes.quantize import _activation_bounds
+    from qcompile.passes.quantize import activation_bounds
 
     p = n.inputs[0].producer if n.inputs[0] is not None else None
     if p is None or p.domain != "" or p.op != "Clip":
         return None
-    b = _activation_bounds(p)
+    b = activation_bounds(p)
     return None if b is None else (b[0], b[1])

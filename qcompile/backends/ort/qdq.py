@@ -21,7 +21,7 @@ from onnx import helper
 
 from qcompile.backends.ort.proto import to_tensor
 from qcompile.backends.ort.rules import LOWER, LoweringContext
-from qcompile.ir import QCOMPILE_DOMAIN, DType, Node
+from qcompile.ir import QCOMPILE_DOMAIN, DType, Node, is_op
 from qcompile.numerics import quant
 
 _DTYPE = {(2, True): DType.INT4, (4, True): DType.INT4, (4, False): DType.UINT4,
@@ -63,7 +63,7 @@ def lower_qdq(node: Node, ctx: LoweringContext) -> None:
         ctx.initializers.append(to_tensor(q, qname, dtype))
         ctx.nodes.append(helper.make_node("DequantizeLinear", [qname, scale_name, zp_name], [out],
                                           name=f"{node.name}_dq", **kw))
-        if all(u.node.domain == QCOMPILE_DOMAIN and u.node.op == "QDQ" for u in x.uses()) \
+        if all(is_op(u.node, "QDQ") for u in x.uses()) \
                 and x not in ctx.graph.outputs:
             ctx.skip_initializers.add(x.name)
         return

@@ -15,7 +15,7 @@ import onnx
 from qcompile.backends.base import OpTable
 from qcompile.backends.ort.proto import make_node, output_names
 from qcompile.errors import QCompileError
-from qcompile.ir import QCOMPILE_DOMAIN, Graph, Node
+from qcompile.ir import QCOMPILE_DOMAIN, Graph, Node, is_op
 
 
 @dataclass
@@ -56,7 +56,7 @@ class FloatFormatError(QCompileError):
 def refuse_float_formats(graph: Graph) -> None:
     """One-line error naming every ``qcompile.FQ`` node and its format, before any lowering:
     ONNX Runtime runs integer formats (QDQ) only; float/posit formats run on the MPFR backend."""
-    fq = [n for n in graph.nodes if n.domain == QCOMPILE_DOMAIN and n.op == "FQ"]
+    fq = [n for n in graph.nodes if is_op(n, "FQ")]
     if not fq:
         return
     fmts = sorted({str(n.attrs.get("format", "?")) for n in fq})
