@@ -6,7 +6,6 @@ front in one report."""
 from __future__ import annotations
 
 import numpy as np
-
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, shape_inference
@@ -140,9 +139,12 @@ def test_shape_chain(engine):
 
 def test_unsupported_attributes_reported_at_once():
     nodes = [N("Resize", ["x", "", "sc"], ["r"], mode="cubic"),
-             N("Resize", ["r", "", "sc"], ["y"], mode="linear", antialias=1)]
-    m = model(nodes, (1, 1, 2, 2), [("sc", np.array([1, 1, 2, 2], np.float32))])
+             N("Resize", ["r", "", "sc"], ["s"], mode="linear", antialias=1),
+             N("Cast", ["s"], ["y"], to=TensorProto.STRING)]
+    m = model(nodes, (1, 1, 2, 2), [("sc", np.array([1, 1, 2, 2], np.float32))],
+              out_type=TensorProto.STRING, y_shape=(1, 1, 16, 16))
     with pytest.raises(UnsupportedOpError) as e:
         Interpreter(lift(m), make_config(format="fp16"))
     msg = str(e.value)
-    assert "mode=cubic" in msg and "antialias" in msg and "\n" not in msg.strip()
+    assert "mode=cubic" in msg and "antialias" in msg and "Cast to ONNX type 8" in msg
+    assert "\n" not in msg.strip()

@@ -252,9 +252,12 @@ def cast_target(to):
     from onnx import helper
 
     try:
-        return "int", np.dtype(helper.tensor_dtype_to_np_dtype(to))
-    except Exception as e:  # STRING, complex, packed 4-bit types
-        raise KernelError(f"Cast: target type {to} is not supported") from e
+        dt = np.dtype(helper.tensor_dtype_to_np_dtype(to))
+    except Exception:  # unknown enum values
+        dt = np.dtype(object)
+    if dt.kind not in "iub":  # STRING, complex, packed 4-bit types
+        raise KernelError(f"Cast: target type {to} is not supported")
+    return "int", dt
 
 
 def lrn_window(C, c, size):

@@ -124,6 +124,13 @@ def _unsupported_reason(node: Node, opset: int = 17) -> str | None:
         return unsupported_reason(a)
     if node.op == "MaxPool" and len(node.outputs) > 1:
         return "MaxPool with an Indices output"
+    if node.op == "Cast":
+        from qcompile.backends.mpfr.common import cast_target
+
+        try:
+            cast_target(a.get("to", 1))
+        except KernelError:
+            return f"Cast to ONNX type {a.get('to')}"
     if node.op == "Softmax" and opset < 13:
         return "Softmax before opset 13 (2-D coercion)"
     return None
