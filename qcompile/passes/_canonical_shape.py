@@ -5,7 +5,8 @@ ConstantOfShape / Reshape / Add / Sub / Mul nodes whose leaves are constants or 
 value with a known rank. It is evaluated with the folders of ``cleanup`` (plus Gather, Cast and
 ConstantOfShape here), with the batch dimension of every ``Shape`` leaf replaced by a sample
 value ``b``. Only dimension 0 may be symbolic, and all leaves (and the Reshape's data) must
-share its symbol; any other symbolic dimension declines.
+share its symbol (an unnamed dimension 0 counts only when it is the one value read): one free
+variable. Any other symbolic dimension declines.
 
 Reshape fold. For each sample ``b in SAMPLES`` the target is evaluated and resolved against the
 data shape ``(b, d1, ..., dk)`` with Reshape's rules (0 copies the input dimension unless
@@ -64,6 +65,7 @@ class ShapeEvaluator:
     def __init__(self, allow_shape: bool = True) -> None:
         self.allow_shape = allow_shape
         self.batch_symbols: set[str] = set()
+        self.unnamed: set[Value] = set()
         self._seen: set[Node] = set()
 
     def shape_of(self, x: Value, b: int) -> tuple[int, ...]:
@@ -78,13 +80,17 @@ class ShapeEvaluator:
             elif i == 0 and isinstance(d, str):
                 self.batch_symbols.add(d)
                 dims.append(b)
+            elif i == 0 and d is None:  # unnamed: a free variable only if it is the only one
+                self.unnamed.add(x)
+                dims.append(b)
             else:
                 what = "unknown" if d is None else f"symbolic ({d})"
                 raise Decline("dynamic_dims", f"dimension {i} of %{x.name} is {what}; only the "
                                               "batch dimension 0 may vary")
-        if len(self.batch_symbols) > 1:
-            raise Decline("dynamic_dims", "the shape chain reads several symbolic batch dims "
-                                          f"({', '.join(sorted(self.batch_symbols))})")
+        if len(self.batch_symbols) + len(self.unnamed) > 1:
+            names = sorted(self.batch_symbols) + [f"dim 0 of %{v.name}" for v in self.unnamed]
+            raise Decline("dynamic_dims", "the shape chain reads several independent leading "
+                                          f"dims ({', '.join(names)})")
         return tuple(dims)
 
     def value(self, v: Value | None, b: int, depth: int = 0) -> np.ndarray | None:
@@ -174,7 +180,7 @@ def fold_reshape_target(reshape: Node) -> tuple[list[int], int | None, str | Non
     if any(d == 0 for d in result):
         raise Decline("zero_dim", f"the result {result} has a zero-sized dimension")
     if not varying:
-        if ev.batch_symbols:
+        if ev.batch_symbols or ev.unnamed:
             raise Decline("invalid_target", "the result does not follow the symbolic batch")
         return result, None, None
     j = varying[0]

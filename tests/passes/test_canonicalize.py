@@ -261,3 +261,148 @@ def test_in_pipeline_before_fold():
     res = run_pipeline(lift(model), parse_pipeline("canonicalize,fold,cleanup"))
     assert [r.modified for _, r, _ in res.results][0] is True
     assert_equivalent(model, res.graph)
+
+
+# -- declines and edge cases, one per rewrite -------------------------------------------------------
+def _one(build, opset=13, x_shape=("N", 4, 8, 8), out_shape=None, x_name="x"):
+    m = M()
+    out = build(m, x_name)
+    out_shape = list(x_shape) if out_shape is None else out_shape
+    return m.model("y", opset, list(x_shape), out_shape, x_name=x_name), out
+
+
+def _unchanged(model, key, detail):
+    g = lift(model)
+    text = format_graph(g)
+    r = canon(g)
+    assert r.modified is False and r.stats == {f"skipped_{key}": 1}, r.stats
+    assert detail in r.notes[0], r.notes
+    assert format_graph(g) == text
+    return g
+
+
+def _view(m, x):
+    n = m.node("Gather", [m.node("Shape", [x]), m.c(0, np.int64)], axis=0)
+    shape = m.node("Concat", [m.node("Unsqueeze", [n, m.c([0], np.int64)]),
+                              m.c([-1], np.int64)], axis=0)
+    return m.node("Reshape", [x, shape])
+
+
+def test_shape_fold_declines_a_symbolic_spatial_dim():
+    model, _ = _one(_view, x_shape=("N", 4, "H", "W"), out_shape=["N", None])
+    _unchanged(model, "dynamic_dims", "dimension 2 of %x is symbolic (H)")
+
+
+def test_shape_fold_declines_data_dependent_targets():
+    def build(m, x):  # target = Shape(x) / 2 (integer Div is not a copy of a dimension)
+        return m.node("Reshape", [x, m.node("Div", [m.node("Shape", [x]), m.c(1, np.int64)])])
+    model, _ = _one(build, out_shape=[None] * 4)
+    _unchanged(model, "not_constant", "not from shape arithmetic")
+
+
+def test_shape_fold_static_batch_writes_the_static_target():
+    model, _ = _one(_view, x_shape=(2, 4, 8, 8), out_shape=[2, 256])
+    g = lift(model)
+    r = canon(g, flatten=False)
+    assert r.stats["folded_shape_subgraph"] == 1
+    assert g.nodes[-1].inputs[1].const.tolist() == [2, 256]
+    assert_equivalent(model, g, batches=(2,))
+
+
+def test_shape_fold_to_one_dim_and_batch_times_channels():
+    def build(m, x):  # view(N*C, H*W) and view(-1): the varying dim is not the batch itself
+        nc = m.node("Mul", [m.node("Gather", [m.node("Shape", [x]), m.c([0], np.int64)], axis=0),
+                            m.c([4], np.int64)])
+        y = m.node("Reshape", [x, m.node("Concat", [nc, m.c([64], np.int64)], axis=0)])
+        return m.node("Reshape", [y, m.node("Slice", [m.c([-1, 7], np.int64), m.c([0], np.int64),
+                                                     m.c([1], np.int64)])])
+    model, _ = _one(build, out_shape=[None])
+    g = lift(model)
+    r = canon(g)
+    assert r.stats["folded_shape_subgraph"] == 2
+    assert [n.inputs[1].const.tolist() for n in g.nodes] == [[-1, 64], [-1]]
+    assert_equivalent(model, g)
+
+
+def test_reducemean_other_axes_is_left():
+    model, _ = _one(lambda m, x: m.node("ReduceMean", [x], axes=[1, 2], keepdims=1),
+                    out_shape=["N", 1, 1, 8])
+    g = lift(model)
+    r = canon(g)
+    assert r.modified is False and r.stats == {}
+
+
+def test_gemm_declines_a_3d_input():
+    model, _ = _one(lambda m, x: m.node("Add", [m.node("MatMul", [x, m.w(8, 5)]), m.w(5)]),
+                    out_shape=["N", 4, 8, 5])
+    _unchanged(model, "gemm_rank", "is not 2-D")
+
+
+def test_affine_declines_shared_output_and_non_channel_constants():
+    def shared(m, x):
+        y = m.conv(x, 4, 4)
+        return m.node("Add", [m.node("Mul", [y, m.w(4, 1, 1)]), y])
+    _unchanged(_one(shared)[0], "affine_shared", "is also used elsewhere")
+    model, _ = _one(lambda m, x: m.node("Mul", [m.conv(x, 4, 4), m.w(1, 4, 8, 8)]))
+    _unchanged(model, "affine_shape", "is not per channel")
+
+
+def test_hardswish_declines_below_opset_14():
+    model = paddle(opset=13)
+    g = lift(model)
+    r = canon(g)
+    assert r.stats["skipped_hardswish_opset"] == 3 and "fused_hardswish" not in r.stats
+    assert_equivalent(model, g)
+
+
+def test_hardsigmoid_with_other_constants_is_not_hardswish():
+    model, _ = _one(lambda m, x: m.node("Mul", [x, m.node("HardSigmoid", [x])]), opset=14)
+    g = lift(model)
+    assert canon(g).modified is False
+
+
+def test_clip_with_a_computed_bound_declines():
+    model, _ = _one(lambda m, x: m.node("Clip", [x, m.c(0.0), m.node("ReduceMax", [x],
+                                                                        keepdims=0)]))
+    _unchanged(model, "clip_bounds", "max bound")
+
+
+def test_attribute_clip_becomes_inputs():
+    g = lift(_one(lambda m, x: m.node("Relu", [x]))[0])
+    (relu,) = g.nodes
+    relu.op, relu.attrs = "Clip", {"min": 0.0, "max": 6.0}  # the opset-6 form, as an old IR has
+    r = canon(g)
+    assert r.stats == {"normalised_clip": 1} and relu.attrs == {}
+    assert [v.const.tolist() for v in relu.inputs[1:]] == [0.0, 6.0]
+
+
+def test_transposes_merge_and_public_pair_is_kept():
+    def build(m, x):
+        return m.node("Transpose", [m.node("Transpose", [x], perm=[0, 2, 3, 1])], perm=[0, 2, 1, 3])
+    model, _ = _one(build, out_shape=["N", 8, 8, 4])
+    g = lift(model)
+    r = canon(g)
+    assert r.stats == {"merged_transposes": 1}
+    assert [tuple(n.attrs["perm"]) for n in g.nodes] == [(0, 3, 2, 1)]
+    assert_equivalent(model, g)
+
+    def cancel(m, x):
+        return m.node("Transpose", [m.node("Transpose", [x], perm=[0, 2, 3, 1])], perm=[0, 3, 1, 2])
+    g = _unchanged(_one(cancel)[0], "public_transpose", "graph input to a graph output")
+
+
+def test_unary_sum_is_removed():
+    model, _ = _one(lambda m, x: m.node("Sum", [m.node("Relu", [x])]))
+    g = lift(model)
+    r = canon(g)
+    assert r.stats["sum_to_add"] == 1 and [n.op for n in g.nodes] == ["Relu"]
+    assert_equivalent(model, g)
+
+
+@pytest.mark.parametrize("builder", [zoo.all_ops_model, zoo.identity_dropout_model])
+def test_zoo_models_stay_equivalent(builder):
+    model = builder()
+    g = lift(model)
+    canon(g)
+    assert canonical(g) is None
+    assert_equivalent(model, g, batches=(2, 5))
