@@ -26,7 +26,7 @@ def inspect(
     """
     from qcompile.driver.inspect import inspect_model
 
-    report = inspect_model(model)
+    report = inspect_model(model, log=lambda m: typer.echo(m, err=True))
     if as_json:
         if not layers:
             report.pop("layers")

@@ -45,7 +45,7 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
         raise QCompileError(f"--print-after: unknown pass {unknown!r}; valid: "
                             f"{', '.join(sorted(REGISTRY))} or all")
     out = check_output_path(output, "-o")
-    graph = lift(model)
+    graph = lift(model, warn=log)
     check_graph(tgt, graph, stage="input")
     ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
                        verify_each=verify_each, progress=progress, log=log)

@@ -91,7 +91,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
             raise QCompileError("--preset and --passes both given; use one")
         passes = preset_pipeline(preset)
     t0 = time.perf_counter()
-    graph = lift(model)
+    graph = lift(model, warn=log)
     pre = preprocess_from_options(preprocess, size=size)
     float_graph = graph.clone() if passes else graph
     if passes:  # FP32 (ORT) reference: the model as given (passes may insert FQ ops)

@@ -88,8 +88,8 @@ def inspect_graph(graph: Graph) -> dict:
     }
 
 
-def inspect_model(model) -> dict:
+def inspect_model(model, log=lambda m: None) -> dict:
     """:func:`inspect_graph` of the lifted ``model`` (a path or ModelProto)."""
     from qcompile.frontend import lift
 
-    return inspect_graph(lift(model))
+    return inspect_graph(lift(model, warn=log))

@@ -301,7 +301,7 @@ def pass_report(model: str | Path, passes: str, *, calib: str | None, preprocess
         raise ReportError("no evaluation images: give --calib (its images not used for "
                           "calibration are evaluated) or --data")
     pipeline = configure_pipeline(get_target(target), passes, cpu=cpu)
-    graph = lift(model)
+    graph = lift(model, warn=log)
     ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
                        progress=progress, log=log)
     rec = StageRecorder()
