@@ -73,3 +73,13 @@ class Bar:
 
 def progress(total: int, desc: str) -> Bar:
     return Bar(total, desc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared options: one spelling, default and help text for what every command means the same way.
+def preprocess_option():
+    return typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none")
+
+
+def json_option(help: str = "machine-readable report"):
+    return typer.Option(False, "--json", help=help)

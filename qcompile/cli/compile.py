@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, user_errors
+from qcompile.cli.common import app, json_option, preprocess_option, user_errors
 from qcompile.cli.common import echo_json as _echo_json
 from qcompile.cli.common import progress as _progress
 from qcompile.errors import QCompileError
@@ -28,11 +28,11 @@ def run(
     target: str = typer.Option("ort-fp32", "--target", "-t",
                                help="ort-fp32 | ort-int8 (adds 'quantize' when missing)"),
     calib: Optional[str] = typer.Option(None, "--calib", help="calibration data: .npz/.npy, image folder or image"),
-    preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
+    preprocess: str = preprocess_option(),
     print_after: list[str] = typer.Option([], "--print-after", help="print the IR after PASS ('all' for every pass)"),
     dump_dir: Optional[str] = typer.Option(None, "--dump-dir", help="write the IR after each pass to DIR"),
     seed: int = typer.Option(0, "--seed", help="random seed (calibration image choice)"),
-    as_json: bool = typer.Option(False, "--json", help="print the pass report as JSON"),
+    as_json: bool = json_option("print the pass report as JSON"),
     cpu: Optional[str] = typer.Option(None, "--cpu", help="ort-int8: vnni|avx2|arm|generic "
                                       "(default: detected from /proc/cpuinfo)"),
     report_md: Optional[str] = typer.Option(None, "--report", help="also write the per-layer SQNR "

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, user_errors
+from qcompile.cli.common import app, json_option, preprocess_option, user_errors
 from qcompile.cli.common import echo_json as _echo_json
 
 
@@ -24,7 +24,7 @@ def emulate(
     image: Optional[str] = typer.Option(None, "--image", help="one image file"),
     data: Optional[str] = typer.Option(None, "--data", help="labelled images: .npz/.npy or folder"),
     limit: Optional[int] = typer.Option(None, "--limit", help="use at most K images of --data"),
-    preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
+    preprocess: str = preprocess_option(),
     size: Optional[int] = typer.Option(None, "--size", help="resize images to SxS"),
     passes: Optional[str] = typer.Option(None, "--passes", "-p", help="pipeline to run first, "
                                          "e.g. fold"),
@@ -44,7 +44,7 @@ def emulate(
     dump: Optional[str] = typer.Option(None, "--dump", help="write each layer's output (npz) to DIR"),
     labels: Optional[str] = typer.Option(None, "--labels", help="class names (.tsv or .txt)"),
     batch: int = typer.Option(32, "--batch", help="images per evaluation batch (--data)"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable report"),
+    as_json: bool = json_option(),
 ) -> None:
     """Run MODEL with every operation rounded into a float format (MPFR semantics).
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, user_errors
+from qcompile.cli.common import app, json_option, preprocess_option, user_errors
 from qcompile.cli.common import echo_json as _echo_json
 
 
@@ -15,13 +15,13 @@ from qcompile.cli.common import echo_json as _echo_json
 def eval_cmd(
     model: str = typer.Argument(..., help="ONNX model file (float or int8 QDQ)"),
     data: str = typer.Option(..., "--data", help="labelled images: .npz/.npy or class folders"),
-    preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
+    preprocess: str = preprocess_option(),
     limit: Optional[int] = typer.Option(None, "--limit", help="evaluate at most N images"),
     batch: int = typer.Option(64, "--batch", help="batch size for accuracy"),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="time batch 1 and 8"),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda (int8 on cuda: TensorRT EP)"),
     threads: int = typer.Option(0, "--threads", help="ORT intra-op threads (0: all cores)"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable report"),
+    as_json: bool = json_option(),
 ) -> None:
     """Top-1/top-5, per-class accuracy, latency (batch 1, 8) and file size of MODEL.
 
@@ -59,11 +59,11 @@ def compare(
     a: str = typer.Argument(..., help="reference model (e.g. float)"),
     b: str = typer.Argument(..., help="model to compare (e.g. int8)"),
     data: str = typer.Option(..., "--data", help="labelled images: .npz/.npy or class folders"),
-    preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
+    preprocess: str = preprocess_option(),
     limit: Optional[int] = typer.Option(None, "--limit", help="compare on at most N images"),
     batch: int = typer.Option(64, "--batch", help="batch size"),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable report"),
+    as_json: bool = json_option(),
 ) -> None:
     """Top-1 agreement, accuracy delta and logit SQNR of B against A on the same images.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qcompile.cli.common import app, user_errors
+from qcompile.cli.common import app, json_option, user_errors
 from qcompile.cli.common import console as _console
 from qcompile.cli.common import echo_json as _echo_json
 
@@ -14,7 +14,7 @@ from qcompile.cli.common import echo_json as _echo_json
 def inspect(
     model: str = typer.Argument(..., help="ONNX model file"),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="per-layer table"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable report"),
+    as_json: bool = json_option(),
 ) -> None:
     """Op counts, parameters, per-layer shapes and MACs of a model.
 

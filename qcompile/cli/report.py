@@ -7,7 +7,14 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, echo_json, progress, user_errors
+from qcompile.cli.common import (
+    app,
+    echo_json,
+    json_option,
+    preprocess_option,
+    progress,
+    user_errors,
+)
 from qcompile.errors import QCompileError
 
 
@@ -21,7 +28,7 @@ def report_cmd(
                                          "instead (`qcompile passes --presets`)"),
     calib: Optional[str] = typer.Option(None, "--calib", help="calibration data: .npz/.npy, "
                                         "image folder or image"),
-    preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
+    preprocess: str = preprocess_option(),
     data: Optional[str] = typer.Option(None, "--data", help="evaluation images (default: the "
                                        "--calib images not used for calibration)"),
     limit: int = typer.Option(256, "--limit", help="evaluate on at most K images"),
@@ -35,7 +42,7 @@ def report_cmd(
                                          "report here (default: print it)"),
     plot: Optional[str] = typer.Option(None, "--plot", help="write a PNG of SQNR per layer, one "
                                        "line per pass stage"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    as_json: bool = json_option("print the report as JSON"),
 ) -> None:
     """SQNR of every layer's output after each pass, and which passes declined where and why.
 

@@ -6,7 +6,14 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, echo_json, progress, user_errors
+from qcompile.cli.common import (
+    app,
+    echo_json,
+    json_option,
+    preprocess_option,
+    progress,
+    user_errors,
+)
 from qcompile.errors import QCompileError
 
 DEFAULT_FORMATS = "int4,int8,e4m3,e5m2,bf16,posit8_1,posit16_1"
@@ -18,7 +25,7 @@ def sweep_cmd(
     model: str = typer.Argument(..., help="ONNX model file"),
     data: str = typer.Option(..., "--data", help="labelled images (.npz/.npy or class folders); "
                              "calibration and evaluation images are drawn from it, disjoint"),
-    preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
+    preprocess: str = preprocess_option(),
     limit: Optional[int] = typer.Option(1000, "--limit", help="evaluation images (default 1000)"),
     calib_images: int = typer.Option(256, "--calib-images", help="calibration images"),
     formats: str = typer.Option(DEFAULT_FORMATS, "--formats", help="comma list: int4|int8|int16, "
@@ -28,7 +35,7 @@ def sweep_cmd(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="write the markdown table"),
     plot: Optional[str] = typer.Option(None, "--plot", help="write the accuracy-vs-bits PNG"),
     seed: int = typer.Option(0, "--seed", help="seed of the calibration/evaluation draw"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    as_json: bool = json_option("print the report as JSON"),
 ) -> None:
     """Accuracy and top-1 agreement with FP32 for every uniform format in --formats.
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, echo_json, user_errors
+from qcompile.cli.common import app, echo_json, json_option, preprocess_option, user_errors
 from qcompile.errors import OptionError
 
 OPT_LEVELS = ("all", "extended", "basic", "none")
@@ -17,7 +17,7 @@ OPT_LEVELS = ("all", "extended", "basic", "none")
 def verify_cmd(
     model: str = typer.Argument(..., help="quantised (QDQ) ONNX model, e.g. from --target ort-int8"),
     data: str = typer.Option(..., "--data", help="images: .npz/.npy, image folder or file"),
-    preprocess: str = typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none"),
+    preprocess: str = preprocess_option(),
     limit: Optional[int] = typer.Option(None, "--limit", help="verify at most K images"),
     layers: bool = typer.Option(False, "--layers", help="print the per-layer table"),
     isolate: bool = typer.Option(False, "--isolate", help="also evaluate every layer from ORT's "
@@ -40,7 +40,7 @@ def verify_cmd(
                                        "plot (.png)"),
     dump: Optional[str] = typer.Option(None, "--dump", help="write golden vectors (npz + "
                                        "manifest.json) of the exact network to this new folder"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable report"),
+    as_json: bool = json_option(),
 ) -> None:
     """Check bit for bit what ONNX Runtime computes for an int8 model, layer by layer.
 
