@@ -37,6 +37,7 @@ ONNX_OPS: dict[str, OpSchema] = {
     "LeakyRelu": _S(1, 1),
     "Clip": _S(1, 3),
     "Sigmoid": _S(1, 1),
+    "HardSwish": _S(1, 1),
     "Tanh": _S(1, 1),
     "Add": _S(2, 2),
     "Sub": _S(2, 2),

@@ -67,6 +67,7 @@ class ShapeEvaluator:
         self.batch_symbols: set[str] = set()
         self.unnamed: set[Value] = set()
         self._seen: set[Node] = set()
+        self._memo: dict[tuple[Value, int], np.ndarray] = {}  # a DAG is evaluated once per b
 
     def shape_of(self, x: Value, b: int) -> tuple[int, ...]:
         """``x``'s shape with dimension 0 set to ``b`` when it is symbolic."""
@@ -99,6 +100,11 @@ class ShapeEvaluator:
             return None
         if v.is_const:
             return np.asarray(v.const)
+        if (v, b) not in self._memo:
+            self._memo[v, b] = self._eval(v, b, depth)
+        return self._memo[v, b]
+
+    def _eval(self, v: Value, b: int, depth: int) -> np.ndarray:
         node = v.producer
         if node is None:
             raise Decline("not_constant", f"%{v.name} is a graph input")
