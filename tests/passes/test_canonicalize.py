@@ -294,7 +294,7 @@ def test_shape_fold_declines_a_symbolic_spatial_dim():
 
 
 def test_shape_fold_declines_data_dependent_targets():
-    def build(m, x):  # target = Shape(x) / 2 (integer Div is not a copy of a dimension)
+    def build(m, x):  # target = Shape(x) / 1: integer Div is refused (not polynomial in N)
         return m.node("Reshape", [x, m.node("Div", [m.node("Shape", [x]), m.c(1, np.int64)])])
     model, _ = _one(build, out_shape=[None] * 4)
     _unchanged(model, "not_constant", "not from shape arithmetic")
