@@ -78,11 +78,11 @@ def dequantize(E, q, s, z=None, *, axis=1, block_size=0):
     ax = _axis(axis, np.ndim(q)) if np.ndim(s) else None
     val, bad, d, sv = dequantize_exact_f64(q, s, z, ax)
     if np.any(bad):  # int32 beyond 2^29: the exact product through gmpy2
-        from qcompile.backends.mpfr.ref import _exact_mul, exact
+        from qcompile.backends.mpfr.ref import exact, exact_mul
 
         R = E.ref_arith()
         idx = np.nonzero(bad)
-        val[idx] = [float(R.round(_exact_mul(exact(int(a)), exact(float(b)))))
+        val[idx] = [float(R.round(exact_mul(exact(int(a)), exact(float(b)))))
                     for a, b in zip(d[idx].tolist(), sv[idx].tolist())]
         rest = ~bad
         val[rest] = E.A.round(val[rest])

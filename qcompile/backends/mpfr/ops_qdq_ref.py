@@ -42,14 +42,14 @@ def _axis(axis, ndim):
 
 
 def dequantize(E, q, s, z=None, *, axis=1, block_size=0, sample=None):
-    from qcompile.backends.mpfr.ref import _exact_mul, exact
+    from qcompile.backends.mpfr.ref import exact, exact_mul
 
     q = np.asarray(q)
     ax = _axis(axis, q.ndim)
     out = np.empty(q.shape, object)
     for i in np.ndindex(*q.shape):
         zi = 0 if z is None else int(_par(z, i, ax))
-        out[i] = E.A.round(_exact_mul(exact(int(q[i]) - zi), exact(_par(s, i, ax))))
+        out[i] = E.A.round(exact_mul(exact(int(q[i]) - zi), exact(_par(s, i, ax))))
     return _pick(out, sample)
 
 

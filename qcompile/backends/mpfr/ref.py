@@ -85,7 +85,7 @@ class RefArith:
         """Accumulate the products of the lists ``xs``, ``ws`` in order (see package doc)."""
         acc = bias if (bias_first and bias is not None) else _ZERO
         if self.accumulate == "exact":
-            terms = [acc] + [_exact_mul(x, w) for x, w in zip(xs, ws)]
+            terms = [acc] + [exact_mul(x, w) for x, w in zip(xs, ws)]
             acc = self.ctx.fsum(terms)
             if self.finish and not abs(acc) <= self.maxf:
                 acc = exact(R.ref_dot([float(t) for t in terms[1:]], [1.0] * (len(terms) - 1),
@@ -110,7 +110,9 @@ class RefArith:
         return acc
 
 
-def _exact_mul(x, w):
+def exact_mul(x, w):
+    """The exact product ``x * w`` of two mpfr values (precision ``prec(x) + prec(w)`` holds
+    every product of a ``p``-bit and a ``q``-bit significand; MPFR's whole exponent range)."""
     return gmpy2.context(precision=max(2, x.precision + w.precision), emin=gmpy2.get_emin_min(),
                          emax=gmpy2.get_emax_max()).mul(x, w)
 
