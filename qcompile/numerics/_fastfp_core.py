@@ -29,7 +29,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from qcompile.numerics.formats import FloatFormat, Rounding
+from qcompile.numerics.float_format import FloatFormat, Rounding
 
 BLOCK = 32768
 

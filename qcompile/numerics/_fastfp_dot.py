@@ -42,7 +42,7 @@ from qcompile.numerics._fastfp_core import (
     two_sum,
 )
 from qcompile.numerics._fastfp_kernels import mac_core
-from qcompile.numerics.formats import FloatFormat, Rounding, parse_format
+from qcompile.numerics.float_format import FloatFormat, Rounding, parse_format
 
 _F64 = np.float64
 

@@ -26,7 +26,7 @@ from qcompile.numerics._fastfp_core import (
     two_prod,
     two_sum,
 )
-from qcompile.numerics.formats import Rounding, parse_format
+from qcompile.numerics.float_format import Rounding, parse_format
 
 _F64 = np.float64
 _I64 = np.int64

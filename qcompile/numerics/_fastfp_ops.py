@@ -16,7 +16,7 @@ from qcompile.numerics._fastfp_kernels import (
     k_sqrt,
 )
 from qcompile.numerics._fastfp_kernels import run as _run
-from qcompile.numerics.formats import FloatFormat, Rounding, parse_format
+from qcompile.numerics.float_format import FloatFormat, Rounding, parse_format
 
 _I64 = np.int64
 _F64 = np.float64

@@ -17,51 +17,33 @@ format's largest finite value. Posits are left unscaled (``s = 1``): their preci
 around +-1, where trained weights and activations already live, and ``maxpos`` is far above any
 useful amax, so mapping amax onto it would spend the whole tensor in the low-precision regime.
 
-Fast and exact (:func:`fq_round`): for float ``F``, ``fastfp.div`` rounds the exact quotient of two
-binary64 values correctly in every mode. For posits, the quotient is first rounded *to odd* at
-50 bits (``RO50(z)`` = ``RZ50(z)`` if that is exact or odd, else ``RA50(z)``), which keeps the
-sign, the binade and the stickiness of the exact quotient; posit rounding then only looks at the
-first ``n - 1 <= 31`` bits of the regime/exponent/fraction string plus a sticky bit, so
-``posit(RO50(z)) == posit(z)`` (Boldo & Melquiond's round-to-odd argument with 50 >= 31 + 2).
-Quotients below ``2**-601`` round (to odd) away from 0 and give +-minpos, as the exact posit
-rounding does.
+Fast and exact (:func:`fq_round`): the format's family (:mod:`qcompile.numerics.formats`) rounds:
+``round_fast`` when ``s == 1``, else ``div_fast``, which rounds the exact quotient of two
+binary64 values once (floats: ``fastfp.div``, correct in every mode; posits: a round-to-odd
+50-bit quotient, see :mod:`qcompile.numerics.posit`). Nothing here knows which family it is
+handed: a new family plugs in by registering.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from qcompile.numerics import fastfp
-from qcompile.numerics.formats import FloatFormat, FormatError, Rounding, parse_format
-from qcompile.numerics.posit import PositFormat, is_posit_spec, parse_posit, round_to
+from qcompile.numerics.format_protocol import NumberFormat
+from qcompile.numerics.formats import FormatError, Rounding, family_of, parse_fq
 
 __all__ = ["fq_format", "amax_scale", "fq_round", "format_max", "FQFormat"]
 
-FQFormat = FloatFormat | PositFormat
-# 50-bit helper format for the round-to-odd quotient (range far beyond any posit(<=32, <=3)).
-_RO = FloatFormat(p=50, emin=-600, emax=600, subnormal=False, name="ro50")
+FQFormat = NumberFormat  # a format of a family with ``fq=True`` (float, posit, ...)
 
 
 def fq_format(spec: str, *, saturate: bool = True) -> FQFormat:
-    """The float or posit format named ``spec`` (FormatError naming the families otherwise)."""
-    s = str(spec).strip()
-    if is_posit_spec(s):
-        try:
-            return parse_posit(s)
-        except ValueError as e:
-            raise FormatError(str(e)) from None
-    fmt = parse_format(s)
-    if saturate and fmt.bounded and not fmt.saturate:
-        from dataclasses import replace
-
-        fmt = replace(fmt, saturate=True)
-    return fmt
+    """The FQ format named ``spec`` (float, posit or any registered FQ family; FormatError
+    otherwise). ``saturate``: overflow gives +-max finite (posits always saturate)."""
+    return parse_fq(spec, saturate=saturate)
 
 
 def format_max(fmt: FQFormat) -> float:
     """Largest finite magnitude of ``fmt`` (maxpos for a posit)."""
-    if isinstance(fmt, PositFormat):
-        return fmt.maxpos
     m = fmt.max_finite
     if m is None:
         raise FormatError(f"format {fmt} has no finite maximum in binary64; amax scaling needs one")
@@ -69,9 +51,10 @@ def format_max(fmt: FQFormat) -> float:
 
 
 def amax_scale(amax, fmt: FQFormat) -> np.ndarray:
-    """``amax / max_finite(F)`` elementwise (1 where amax is 0 or not finite; 1 for posits)."""
+    """``amax / max_finite(F)`` elementwise (1 where amax is 0 or not finite; 1 for a family
+    that is not amax-scaled, e.g. posits)."""
     a = np.abs(np.asarray(amax, np.float64))
-    if isinstance(fmt, PositFormat):
+    if not family_of(fmt).amax_scaled:
         return np.ones_like(a)
     s = a / format_max(fmt)
     return np.where(np.isfinite(s) & (s > 0), s, 1.0)
@@ -107,26 +90,10 @@ def fq_round(x, s, fmt: FQFormat, mode: Rounding | str = Rounding.NEAREST,
     mode = Rounding.parse(mode)
     sb = _broadcast_scale(x, s, axis)
     check_scale(sb)
-    unit = bool(np.all(sb == 1.0))
-    if isinstance(fmt, PositFormat):
-        if mode is not Rounding.NEAREST:
-            raise FormatError(f"{fmt}: posits round to nearest (ties to even pattern) only")
-        if unit:
-            return round_to(x, fmt)
-        sf = np.broadcast_to(sb, x.shape)
-        lo = fastfp.div(x, sf, _RO, Rounding.ZERO)
-        hi = fastfp.div(x, sf, _RO, Rounding.AWAY)
-        return round_to(np.where((lo == hi) | _odd50(lo), lo, hi), fmt)
-    if unit:
-        return fastfp.round_to(x, fmt, mode)
-    return fastfp.div(x, np.broadcast_to(sb, x.shape), fmt, mode)
-
-
-def _odd50(v: np.ndarray) -> np.ndarray:
-    """Whether the 50-bit significand of each (finite, nonzero) v is odd."""
-    fin = np.isfinite(v) & (v != 0)
-    m, _ = np.frexp(np.where(fin, v, 1.0))
-    return fin & ((np.ldexp(np.abs(m), 50).astype(np.int64) & 1) == 1)
+    fam = family_of(fmt)
+    if bool(np.all(sb == 1.0)):
+        return fam.round_fast(fmt, x, mode)
+    return fam.div_fast(fmt, x, np.broadcast_to(sb, x.shape), mode)
 
 
 def fq_bits(fmt: FQFormat) -> int | None:
@@ -135,4 +102,4 @@ def fq_bits(fmt: FQFormat) -> int | None:
 
 
 def spec_of(fmt: FQFormat) -> str:
-    return fmt.name if isinstance(fmt, PositFormat) else (fmt.name or fmt.spec())
+    return fmt.name or fmt.spec()

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 import gmpy2
 from gmpy2 import mpfr
 
-from qcompile.numerics.formats import FloatFormat, Rounding, parse_format
+from qcompile.numerics.float_format import FloatFormat, Rounding, parse_format
 
 __all__ = [
     "context",

@@ -26,6 +26,15 @@ gives a float64 exactly (at most 29 fraction bits, scale within +-2**(30 2**es))
 
 ``quire_dot`` is the exact dot product (the quire): products and sums in Python integers at
 the scale of ``minpos**2``, then one posit rounding.
+
+:data:`FAMILY` is the posit entry of the format registry (:mod:`qcompile.numerics.formats`).
+Its fast quotient ``round(x / s)`` first rounds the quotient *to odd* at 50 bits
+(``RO50(z)`` = ``RZ50(z)`` if that is exact or odd, else ``RA50(z)``), which keeps the sign, the
+binade and the stickiness of the exact quotient; posit rounding only looks at the first
+``n - 1 <= 31`` bits of the regime/exponent/fraction string plus a sticky bit, so
+``posit(RO50(z)) == posit(z)`` (Boldo & Melquiond's round-to-odd argument with 50 >= 31 + 2).
+Quotients below ``2**-601`` round (to odd) away from 0 and give +-minpos, as the exact posit
+rounding does. Posits round to nearest only, always saturate, and FQ leaves them unscaled.
 """
 
 from __future__ import annotations
@@ -33,11 +42,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import ClassVar
 
 import numpy as np
 
+from qcompile.numerics import fastfp
+from qcompile.numerics.float_format import FloatFormat, FormatError, Rounding
+from qcompile.numerics.format_protocol import Family
+from qcompile.numerics.posit_ref import decode_exact, div_exact, round_exact
+
 __all__ = ["PositFormat", "parse_posit", "round_pattern", "decode", "round_to", "quire_dot",
-           "is_posit_spec"]
+           "is_posit_spec", "FAMILY"]
 
 _SPEC = re.compile(r"^posit(\d+)_(\d+)$|^posit\((\d+),\s*(\d+)\)$")
 
@@ -48,6 +63,7 @@ class PositFormat:
 
     n: int
     es: int
+    family: ClassVar[str] = "posit"
 
     def __post_init__(self) -> None:
         if not 2 <= self.n <= 32 or not 0 <= self.es <= 3:
@@ -74,8 +90,20 @@ class PositFormat:
         return float(2.0 ** -self.max_scale)
 
     @property
+    def max_finite(self) -> float:
+        """maxpos (the largest posit; posits always saturate there)."""
+        return self.maxpos
+
+    @property
     def nar(self) -> int:
         return 1 << (self.n - 1)
+
+    @property
+    def group(self) -> str:
+        return f"posit es={self.es}"
+
+    def spec(self) -> str:
+        return self.name
 
     def __str__(self) -> str:
         return self.name
@@ -176,6 +204,60 @@ def quire_dot(a, b, fmt: PositFormat) -> float:
         total += Fraction(x) * Fraction(y)
     if total == 0:
         return 0.0
-    from qcompile.numerics.posit_ref import decode_exact, round_exact
-
     return float(decode_exact(round_exact(total, fmt), fmt))
+
+
+# ------------------------------------------------------------------ the registry entry
+# 50-bit helper format for the round-to-odd quotient (range far beyond any posit(<=32, <=3)).
+_RO = FloatFormat(p=50, emin=-600, emax=600, subnormal=False, name="ro50")
+
+
+def _nearest_only(fmt: PositFormat, mode: Rounding) -> None:
+    if mode is not Rounding.NEAREST:
+        raise FormatError(f"{fmt}: posits round to nearest (ties to even pattern) only")
+
+
+def _odd50(v: np.ndarray) -> np.ndarray:
+    """Whether the 50-bit significand of each (finite, nonzero) v is odd."""
+    fin = np.isfinite(v) & (v != 0)
+    m, _ = np.frexp(np.where(fin, v, 1.0))
+    return fin & ((np.ldexp(np.abs(m), 50).astype(np.int64) & 1) == 1)
+
+
+def _round_fast(fmt: PositFormat, x, mode: Rounding = Rounding.NEAREST) -> np.ndarray:
+    _nearest_only(fmt, mode)
+    return round_to(x, fmt)
+
+
+def _div_fast(fmt: PositFormat, x, s, mode: Rounding = Rounding.NEAREST) -> np.ndarray:
+    """``round(x / s)`` via the 50-bit round-to-odd quotient (module docstring)."""
+    _nearest_only(fmt, mode)
+    lo = fastfp.div(x, s, _RO, Rounding.ZERO)
+    hi = fastfp.div(x, s, _RO, Rounding.AWAY)
+    return round_to(np.where((lo == hi) | _odd50(lo), lo, hi), fmt)
+
+
+def _round_exact(fmt: PositFormat, x, mode: Rounding = Rounding.NEAREST) -> float:
+    _nearest_only(fmt, mode)
+    return div_exact(x, 1, fmt)
+
+
+def _div_exact(fmt: PositFormat, x, s, mode: Rounding = Rounding.NEAREST) -> float:
+    _nearest_only(fmt, mode)
+    return div_exact(x, s, fmt)
+
+
+def _parse(text: str) -> PositFormat | None:
+    if not is_posit_spec(text):
+        return None
+    try:
+        return parse_posit(text)
+    except ValueError as e:
+        raise FormatError(str(e)) from None
+
+
+FAMILY = Family(
+    name="posit", spellings=("positN_ES (e.g. posit8_1, posit(16,1))",), parse=_parse,
+    examples=("posit8_1", "posit(16,1)", "posit4_0", "posit12_2", "posit32_3"),
+    roundings=frozenset({Rounding.NEAREST}), amax_scaled=False,
+    round_fast=_round_fast, round_exact=_round_exact, div_fast=_div_fast, div_exact=_div_exact)

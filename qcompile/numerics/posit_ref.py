@@ -6,19 +6,27 @@ unbounded bit string ``T = (R << es | e) + (|x| / 2**s - 1)`` (regime R, exponen
 a rational in [0, 1)), scale it so that its integer part is the ``n-1`` bits that fit,
 ``T * 2**(n-1 - rlen - es)``, and round that rational to the nearest integer, ties to even;
 then ``|x| >= maxpos -> maxpos``, ``0 < |x| <= minpos -> minpos``, sign by two's complement.
-``decode_exact(p, fmt)`` returns the pattern's value as an ``mpq``.
+``decode_exact(p, fmt)`` returns the pattern's value as an ``mpq``; ``div_exact(x, s, fmt)`` is
+``decode(round(x / s))`` of the exact rational quotient of two binary values, as a float.
+
+The oracle depends on nothing of :mod:`qcompile.numerics.posit` (the engine it checks): ``fmt``
+is anything with the integer attributes ``n`` and ``es`` (a ``PositFormat``).
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Protocol
 
 import gmpy2
 from gmpy2 import mpq
 
-from qcompile.numerics.posit import PositFormat
+__all__ = ["round_exact", "decode_exact", "div_exact"]
 
-__all__ = ["round_exact", "decode_exact"]
+
+class _Posit(Protocol):
+    n: int
+    es: int
 
 
 def _floor_log2(a: mpq) -> int:
@@ -40,7 +48,7 @@ def _round_half_even(t: mpq) -> int:
     return fl
 
 
-def round_exact(x, fmt: PositFormat) -> int:
+def round_exact(x, fmt: _Posit) -> int:
     """Pattern (non-negative int < 2**n) of the posit nearest to the rational ``x``."""
     if not isinstance(x, type(mpq(0))):
         fx = Fraction(x)
@@ -50,7 +58,7 @@ def round_exact(x, fmt: PositFormat) -> int:
         return 0
     a = abs(x)
     maxp = (1 << nb) - 1
-    top = fmt.max_scale
+    top = (n - 2) << es  # maxpos = 2**top
     if a >= mpq(2) ** top:
         q = maxp
     elif a <= mpq(1, 2 ** top):
@@ -68,7 +76,7 @@ def round_exact(x, fmt: PositFormat) -> int:
     return q if x > 0 else (-q) & ((1 << n) - 1)
 
 
-def decode_exact(p: int, fmt: PositFormat):
+def decode_exact(p: int, fmt: _Posit):
     """The value of pattern ``p`` as an ``mpq`` (NaR raises ValueError)."""
     n, es, nb = fmt.n, fmt.es, fmt.n - 1
     p &= (1 << n) - 1
@@ -90,3 +98,14 @@ def decode_exact(p: int, fmt: PositFormat):
     f = mpq(int("".join(map(str, fbits)) or "0", 2), 1 << len(fbits))
     v = (1 + f) * mpq(2) ** ((k << es) + e)
     return -v if neg else v
+
+
+def div_exact(x, s, fmt: _Posit) -> float:
+    """``round(x / s)`` of the exact quotient of two binary values (float or ``gmpy2.mpfr``),
+    decoded to a float: NaR (nan) for a nan or infinite ``x``, +0 for ``x == 0``."""
+    if gmpy2.is_nan(x) or gmpy2.is_infinite(x):
+        return float("nan")
+    if x == 0:
+        return 0.0
+    z = mpq(x) / mpq(s)
+    return float(decode_exact(round_exact(z, fmt), fmt))

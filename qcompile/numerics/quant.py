@@ -24,8 +24,13 @@ Parameters from a range ``[lo, hi]`` (zero is always made representable, ``lo <=
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import ClassVar
 
 import numpy as np
+
+from qcompile.numerics.float_format import Rounding
+from qcompile.numerics.format_protocol import Family
 
 __all__ = [
     "QType", "QTYPES", "qtype", "qrange", "qparams", "quantize", "dequantize", "fake_quant",
@@ -40,6 +45,8 @@ class QType:
 
     bits: int
     signed: bool
+    family: ClassVar[str] = "int"
+    group: ClassVar[str] = "int"
 
     def __post_init__(self) -> None:
         if self.bits not in (2, 4, 8, 16, 32):
@@ -62,6 +69,14 @@ class QType:
         """The numpy dtype that holds the integers (4-bit types widen to 8 bits)."""
         b = max(self.bits, 8)
         return np.dtype(f"{'int' if self.signed else 'uint'}{b}")
+
+    @property
+    def max_finite(self) -> float:
+        """The largest magnitude, ``max(|qmin|, qmax)`` (the integer grid at scale 1)."""
+        return float(max(-self.qmin, self.qmax))
+
+    def spec(self) -> str:
+        return self.name
 
     def __str__(self) -> str:
         return self.name
@@ -203,3 +218,27 @@ def fit_scale_within(scale: np.ndarray, zero_point: np.ndarray, qt: QType,
             break
         s = np.where(bad, np.nextafter(s, np.float32(0)), s).astype(np.float32)
     return s
+
+
+# ------------------------------------------------------------------ the registry entry
+def _round_fast(qt: QType, x, mode: Rounding = Rounding.NEAREST) -> np.ndarray:
+    """``clamp(round_half_even(x), qmin, qmax)`` elementwise, as float64."""
+    return np.clip(np.rint(np.asarray(x, np.float64)), qt.qmin, qt.qmax)
+
+
+def _round_exact(qt: QType, x, mode: Rounding = Rounding.NEAREST) -> float:
+    """``clamp(round_half_even(x), qmin, qmax)`` of one exact rational ``x``."""
+    return float(min(max(round(Fraction(x)), qt.qmin), qt.qmax))
+
+
+def _parse(text: str) -> QType | None:
+    return QTYPES.get(text.strip().lower())
+
+
+# Integer types are quantised by QuantizeLinear/DequantizeLinear (quantize, assign), not by
+# qcompile.FQ, so the family has no FQ engines.
+FAMILY = Family(
+    name="int", spellings=("int2/int4/int8/int16 (uint4/uint8/uint16)",), parse=_parse,
+    examples=("int2", "int4", "uint4", "int8", "uint8", "int16", "uint16", "int32"),
+    fq=False, roundings=frozenset({Rounding.NEAREST}), round_fast=_round_fast,
+    round_exact=_round_exact)

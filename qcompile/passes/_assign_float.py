@@ -9,7 +9,8 @@ For every quantisable node (Conv/Gemm/MatMul with a constant weight) that is not
   ``s_x = max(|lo|, |hi|) / max_finite(F)`` from the calibrated range ``meta[RANGE]`` (shared by
   every consumer that needs the same format).
 
-(``scaling=none`` uses ``s = 1``; posits are always unscaled, see :mod:`qcompile.numerics.fq`.)
+(``scaling=none`` uses ``s = 1``; posits, and any family registered with ``amax_scaled=False``,
+are always unscaled, see :mod:`qcompile.numerics.fq`.)
 Kept layers (``keep``: first, last or node names) get no FQ op: they run in the arithmetic format
 of the backend (fp32 by default on the MPFR backend). Biases are not rounded (they are added to
 the accumulator in the arithmetic format). Average weight bits count kept layers at 32.
@@ -23,7 +24,7 @@ import numpy as np
 
 from qcompile.errors import OptionError
 from qcompile.ir import QCOMPILE_DOMAIN, RANGE, Graph, Node, Value
-from qcompile.numerics.formats import FormatError
+from qcompile.numerics.formats import FormatError, family_of
 from qcompile.numerics.fq import amax_scale, fq_format
 from qcompile.passes.base import Stats
 
@@ -110,7 +111,7 @@ def insert_formats(graph: Graph, layers: Sequence[Node], kept: set[str],
             continue
         if x not in act_cache:
             rng = x.meta.get(RANGE)
-            if rng is None and scaling != "none" and not hasattr(af, "es"):
+            if rng is None and scaling != "none" and family_of(af).amax_scaled:
                 raise OptionError(f"assign: activation %{x.name} of {n.op} {n.name!r} has no "
                                   "calibrated range; run calibrate before assign")
             amax = max(abs(rng.lo), abs(rng.hi)) if rng is not None else 1.0

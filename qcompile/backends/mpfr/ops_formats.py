@@ -7,8 +7,12 @@ conversion format like every other constant; both engines see the same value.
 
 * fast: ``fq_round`` (vectorised, exact: ``fastfp.div`` for floats, a round-to-odd quotient for
   posits) and ``fastfp.mul`` / ``fastfp.round_to`` into ``A``;
-* reference: gmpy2 per element - MPFR division in ``F``'s context for floats, the exact
-  rational posit rounding of ``posit_ref`` for posits, MPFR multiplication into ``A``.
+* reference: gmpy2 per element - the family's exact quotient (MPFR division in ``F``'s context
+  for floats, the exact rational posit rounding of ``posit_ref`` for posits), MPFR
+  multiplication into ``A``.
+
+Which family a format belongs to is the registry's business (``family_of``); nothing here
+depends on it.
 """
 
 from __future__ import annotations
@@ -19,9 +23,8 @@ import numpy as np
 
 from qcompile.backends.mpfr.common import KernelError
 from qcompile.numerics import fastfp
-from qcompile.numerics.formats import FormatError, Rounding
+from qcompile.numerics.formats import FormatError, Rounding, family_of
 from qcompile.numerics.fq import check_scale, fq_format, fq_round
-from qcompile.numerics.posit import PositFormat
 
 _F64 = np.float64
 
@@ -44,8 +47,10 @@ def _parse(format, rounding, saturate):  # noqa: A002 (attribute name)
         mode = Rounding.parse(_s(rounding))
     except FormatError as e:
         raise KernelError(f"FQ: {e}") from None
-    if isinstance(fmt, PositFormat) and mode is not Rounding.NEAREST:
-        raise KernelError(f"FQ: {fmt} rounds to nearest only (got rounding={mode.value})")
+    try:
+        family_of(fmt).check_rounding(fmt, mode)
+    except FormatError as e:
+        raise KernelError(f"FQ: {e}") from None
     return fmt, mode
 
 
@@ -82,10 +87,9 @@ def fq_ref(E, x, scale=None, *, format, rounding="nearest", saturate=1, axis=Non
     import gmpy2
 
     from qcompile.backends.mpfr.ref import exact
-    from qcompile.numerics import mpfr_ref as R
-    from qcompile.numerics.posit_ref import decode_exact, round_exact
 
     fmt, mode = _parse(format, rounding, saturate)
+    div_exact = family_of(fmt).div_exact
     x = np.asarray(x, object)
     s = np.full((), 1.0, object) if scale is None else _scale_shape(
         x.shape, np.asarray(scale, object), axis)
@@ -97,16 +101,7 @@ def fq_ref(E, x, scale=None, *, format, rounding="nearest", saturate=1, axis=Non
         sf = float(sv)
         if not (sf > 0 and gmpy2.is_finite(sv)):
             raise KernelError("FQ: FQ scales must be positive and finite")
-        if isinstance(fmt, PositFormat):
-            if gmpy2.is_nan(xv) or gmpy2.is_infinite(xv):
-                q = gmpy2.mpfr("nan")
-            elif xv == 0:
-                q = exact(0.0)
-            else:
-                z = gmpy2.mpq(xv) / gmpy2.mpq(sv)
-                q = exact(float(decode_exact(round_exact(z, fmt), fmt)))
-        else:
-            q = exact(R.ref_div(xv, sv, fmt, mode))
+        q = exact(div_exact(fmt, xv, sv, mode))
         return A.round(q) if sf == 1.0 else A.mul(q, sv)
 
     if sample is not None:
