@@ -27,9 +27,7 @@ from typing import Any
 import numpy as np
 
 from qcompile.errors import OptionError, QCompileError
-from qcompile.numerics.formats import FAMILIES, FloatFormat, FormatError, parse_any
-from qcompile.numerics.posit import PositFormat
-from qcompile.numerics.quant import QType
+from qcompile.numerics.formats import FormatError, parse_any, spellings
 
 _RANGE = re.compile(r"^b(\d+)e(\d+)\.\.b(\d+)e(\d+)$|^posit(\d+)_(\d+)\.\.posit(\d+)_(\d+)$")
 
@@ -74,32 +72,28 @@ def expand_formats(text: str) -> list[str]:
             fmt = parse_any(f)
         except FormatError as e:
             raise OptionError(f"--formats: {e}") from None
-        if isinstance(fmt, QType) and (fmt.bits not in (4, 8, 16) or not fmt.signed):
+        if fmt.family == "int" and (fmt.bits not in (4, 8, 16) or not fmt.signed):
             raise OptionError(f"--formats: {f}: integer formats are int4, int8 or int16 "
                               "(signed weights, unsigned activations of the same width)")
-        if isinstance(fmt, FloatFormat) and fmt.bits is None:
+        if fmt.bits is None:
             raise OptionError(f"--formats: {f} has no bit width to plot; use a named format, "
-                              "bNeE or positN_ES; valid families: " + "; ".join(FAMILIES))
+                              "bNeE or positN_ES; valid families: " + "; ".join(spellings()))
     return list(dict.fromkeys(out))
 
 
 def family(spec: str) -> str:
-    """Plot family: ``int``, ``float E=4`` (by exponent bits), ``posit es=1``."""
-    f = parse_any(spec)
-    if isinstance(f, QType):
-        return "int"
-    if isinstance(f, PositFormat):
-        return f"posit es={f.es}"
-    return f"float E={f.exp_bits}"
+    """Plot family: ``int``, ``float E=4`` (by exponent bits), ``posit es=1`` (the format's
+    ``group``)."""
+    return parse_any(spec).group
 
 
 def pipeline_for(spec: str) -> str:
     """The passes (after fold,calibrate) that make ``spec`` uniform over the model."""
     f = parse_any(spec)
-    if isinstance(f, QType) and f.bits == 16:  # quantize stops at int8 weights; assign has int16
+    if f.family == "int" and f.bits == 16:  # quantize stops at int8 weights; assign has int16
         return ("assign{policy=uniform,weights=int16,activations=uint16,keep=none,"
                 "weight_scale=minmax}")
-    if isinstance(f, QType):
+    if f.family == "int":
         return (f"quantize{{weights=int{f.bits},activations=uint{f.bits},"
                 "reduce_range=false}")
     return f"assign{{policy=uniform,weights={spec},activations={spec},keep=none}}"
