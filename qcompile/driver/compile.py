@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from qcompile.driver.context import pass_context
+from qcompile.driver.context import canonical, pass_context
 from qcompile.driver.targets import check_graph, configure_pipeline, get_target
 from qcompile.errors import QCompileError
 from qcompile.files import check_output_path
@@ -45,7 +45,7 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
         raise QCompileError(f"--print-after: unknown pass {unknown!r}; valid: "
                             f"{', '.join(sorted(REGISTRY))} or all")
     out = check_output_path(output, "-o")
-    graph = lift(model, warn=log)
+    graph = canonical(lift(model, warn=log), log)
     check_graph(tgt, graph, stage="input")
     ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
                        verify_each=verify_each, progress=progress, log=log)

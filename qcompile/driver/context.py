@@ -13,7 +13,7 @@ import numpy as np
 
 from qcompile.errors import QCompileError
 
-__all__ = ["open_data", "ort_executor", "pass_context"]
+__all__ = ["canonical", "open_data", "ort_executor", "pass_context"]
 
 
 def open_data(path: str, preprocess: str | Any = "none", *, size: int | None = None,
@@ -53,3 +53,23 @@ def pass_context(pipeline: Sequence[Any], *, calib: str | None = None,
         ctx.calib_data = open_data(calib, preprocess, log=log)
         ctx.executor = ort_executor()
     return ctx
+
+
+def canonical(graph, log: Callable[[str], None] = lambda m: None):
+    """``graph`` after the ``canonicalize`` pass, which every command applies first so exporter
+    idioms (shape subgraphs, ReduceMean pools, MatMul+Add, Caffe scales, ...) reach the other
+    passes and the backends in one form. When it rewrote anything the graph is lowered and
+    lifted again so ONNX shape inference gives the rewritten values static types; one log line
+    says what changed. Unchanged graphs are returned as they are (one scan of the nodes)."""
+    from qcompile.passes import PassContext, parse_pipeline, run_pipeline
+
+    res = run_pipeline(graph, parse_pipeline("canonicalize"), PassContext(log=log))
+    _, result, _ = res.results[0]
+    if not result.modified:
+        return graph
+    from qcompile.backends.ort import lower
+    from qcompile.frontend import lift
+
+    done = {k: v for k, v in result.stats.items() if not k.startswith("skipped")}
+    log("canonicalize: " + ", ".join(f"{k}={v}" for k, v in done.items()))
+    return lift(lower(res.graph), name=graph.name)

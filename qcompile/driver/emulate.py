@@ -20,7 +20,7 @@ from qcompile.backends.mpfr.config import EmuConfig, make_config
 from qcompile.backends.mpfr.interpreter import Interpreter
 from qcompile.backends.mpfr.listeners import DumpListener, LayerStats, Verifier
 from qcompile.data.calibration import calibration_indices
-from qcompile.driver.context import open_data, pass_context
+from qcompile.driver.context import canonical, open_data, pass_context
 from qcompile.errors import QCompileError
 
 __all__ = ["emulate", "make_config"]
@@ -91,7 +91,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
             raise QCompileError("--preset and --passes both given; use one")
         passes = preset_pipeline(preset)
     t0 = time.perf_counter()
-    graph = lift(model, warn=log)
+    graph = canonical(lift(model, warn=log), log)
     pre = preprocess_from_options(preprocess, size=size)
     float_graph = graph.clone() if passes else graph
     if passes:  # FP32 (ORT) reference: the model as given (passes may insert FQ ops)

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from qcompile.data.calibration import calibration_indices, held_out, read_record, same_source
-from qcompile.driver.context import open_data, ort_executor, pass_context
+from qcompile.driver.context import canonical, open_data, ort_executor, pass_context
 from qcompile.driver.report import SqnrReport
 from qcompile.errors import QCompileError
 from qcompile.files import atomic_write, check_output_path
@@ -301,7 +301,7 @@ def pass_report(model: str | Path, passes: str, *, calib: str | None, preprocess
         raise ReportError("no evaluation images: give --calib (its images not used for "
                           "calibration are evaluated) or --data")
     pipeline = configure_pipeline(get_target(target), passes, cpu=cpu)
-    graph = lift(model, warn=log)
+    graph = canonical(lift(model, warn=log), log)
     ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
                        progress=progress, log=log)
     rec = StageRecorder()
