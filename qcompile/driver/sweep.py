@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from qcompile.errors import OptionError, QCompileError
+from qcompile.ir import is_op
 from qcompile.numerics.formats import FormatError, parse_any, spellings
 
 _RANGE = re.compile(r"^b(\d+)e(\d+)\.\.b(\d+)e(\d+)$|^posit(\d+)_(\d+)\.\.posit(\d+)_(\d+)$")
@@ -134,7 +135,7 @@ class FormatEvaluator:
         self.executor = ort_executor()
         self.ctx = PassContext(calib_data=self.ds, executor=self.executor,
                                rng=np.random.default_rng(self.seed), log=self.log)
-        self.float_graph = lift(self.model)
+        self.float_graph = lift(self.model, warn=self.log)
         cal = (f"fold,calibrate{{images={self.calib_images},method={self.calib_method},"
                f"seed={self.seed}}}")
         self.graph = run_pipeline(self.float_graph.clone(), parse_pipeline(cal), self.ctx).graph
@@ -186,7 +187,7 @@ class FormatEvaluator:
     def evaluate(self, graph, desc: str = "evaluate") -> dict[str, Any]:
         """top-1 accuracy, top-1 agreement with FP32 and the backend used, for ``graph``."""
         t0 = time.perf_counter()
-        has_fq = any(n.op == "FQ" and n.domain == "qcompile" for n in graph.nodes)
+        has_fq = any(is_op(n, "FQ") for n in graph.nodes)
         logits = self._mpfr(graph, desc) if has_fq else self._ort(graph)
         return {**self.score(logits), "backend": "mpfr-fast" if has_fq else "ort",
                 "seconds": round(time.perf_counter() - t0, 2)}
