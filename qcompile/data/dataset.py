@@ -11,8 +11,9 @@ seeded permutation so quantisation ranges are fitted on images that accuracy is 
 
 from __future__ import annotations
 
+import copy
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,8 +21,9 @@ import numpy as np
 from PIL import Image
 
 from qcompile.data.errors import DataError, DataWarning
+from qcompile.data.model_input import ModelInput
 from qcompile.data.preprocess import Preprocess, preset
-from qcompile.data.sources import ArrayReader, UnreadableImage, load_image, scan_folder
+from qcompile.data.sources import ArrayReader, UnreadableImage, load_image, npz_members, scan_folder
 
 __all__ = ["Batch", "Dataset", "open_dataset", "calib_eval_split"]
 
@@ -33,7 +35,8 @@ def _default_warn(message: str) -> None:
 
 
 class Batch(NamedTuple):
-    """One batch: ``x`` float32 [B,C,H,W] contiguous; ``labels`` int64 [B] or None; ``indices``
+    """One batch: ``x`` float32 [B,C,H,W] contiguous (or as the model input declares, for a
+    :meth:`Dataset.for_model` view); ``labels`` int64 [B] or None; ``indices``
     int64 [B] dataset positions of the rows (skipped unreadable images are absent)."""
 
     x: np.ndarray
@@ -85,6 +88,8 @@ class Dataset:
         self.is_preprocessed = reader is not None and reader.layout == "float"
         self.preprocess_ignored = self.is_preprocessed and not preprocess.is_identity
         self.skipped: list[str] = []
+        self.model_input: ModelInput | None = None
+        self._views: dict[ModelInput, Dataset] = {}
 
     def __len__(self) -> int:
         return self._n
@@ -132,6 +137,33 @@ class Dataset:
             return self._array_batches(int(batch_size), idx)
         return self._file_batches(int(batch_size), idx, limit)
 
+    def for_model(self, model_input: ModelInput,
+                  log: Callable[[str], object] | None = None) -> Dataset:
+        """A view of this dataset (same source, size, labels: the held-out rule is unchanged)
+        whose batches are what ``model_input`` declares: recipe adapted to its fixed square
+        size / raw pixels for uint8, then ``x`` transposed and cast to its layout and dtype
+        (rules in :mod:`qcompile.data.model_input`).  Each adaptation is said once on ``log``.
+        NCHW float32 inputs with no fixed size get ``self`` back."""
+        if model_input in self._views:
+            return self._views[model_input]
+        pre, notes = model_input.adapt_preprocess(self.preprocess,
+                                                  preprocessed=self.is_preprocessed)
+        view = self
+        if not (model_input.is_default and pre == self.preprocess):
+            view = copy.copy(self)
+            view.preprocess, view.model_input = pre, model_input
+            for note in notes:
+                (log or self._warn)(note)
+        self._views[model_input] = view
+        return view
+
+    def arrays_named(self, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """For a several-input model: the .npz members named like ``names`` (all of them, one
+        row per image, as stored), or None when this is not an .npz holding them all."""
+        if self.kind != "npz":
+            return None
+        return npz_members(Path(self.source), names, len(self))
+
     # -- internals ----------------------------------------------------------------------
     def _check_indices(self, indices: np.ndarray | list[int] | None) -> np.ndarray:
         if indices is None:
@@ -159,7 +191,7 @@ class Dataset:
                 x = np.ascontiguousarray(raw, dtype=np.float32)
             else:
                 x = self.preprocess.array_to_nchw(raw, where=self.source)
-            yield Batch(x, self._labels_of(chunk), chunk)
+            yield Batch(self._to_model(x), self._labels_of(chunk), chunk)
 
     def _file_batches(self, bs: int, idx: np.ndarray, limit: int | None) -> Iterator[Batch]:
         assert self._files is not None
@@ -201,7 +233,10 @@ class Dataset:
                 f"({a[1]}x{a[2]} and {b[1]}x{b[2]}); choose a preset or --size so all are "
                 "resized to one size")
         idx = np.asarray(kept, dtype=np.int64)
-        return Batch(np.stack(xs), self._labels_of(idx), idx)
+        return Batch(self._to_model(np.stack(xs)), self._labels_of(idx), idx)
+
+    def _to_model(self, x: np.ndarray) -> np.ndarray:
+        return x if self.model_input is None else self.model_input.convert(x)
 
 
 def open_dataset(path: str | Path, preprocess: Preprocess | None = None, *,

@@ -23,7 +23,8 @@ from PIL import Image
 
 from qcompile.data.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "ArrayReader", "scan_folder", "load_image", "UnreadableImage"]
+__all__ = ["IMAGE_EXTENSIONS", "ArrayReader", "scan_folder", "load_image", "npz_members",
+           "UnreadableImage"]
 
 #: Image file extensions recognised in folders (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -66,6 +67,21 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     shape, dtype = (), np.dtype(object)
             out[key] = (tuple(shape), dtype)
     return out
+
+
+def npz_members(path: Path, names, n: int) -> dict[str, np.ndarray] | None:
+    """{name: array} for the members of ``path`` named like ``names`` when all are there and
+    each has ``n`` rows (one per image); None otherwise.  Loaded whole (npz members cannot be
+    memory-mapped)."""
+    try:
+        headers = _npz_headers(path)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    if not names or any(k not in headers or not headers[k][0] or headers[k][0][0] != n
+                        for k in names):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: np.asarray(z[k]) for k in names}
 
 
 class ArrayReader:

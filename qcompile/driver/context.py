@@ -26,11 +26,34 @@ def open_data(path: str, preprocess: str | Any = "none", *, size: int | None = N
     return open_dataset(path, pre, warn=log)
 
 
+class FixedBatchExecutor:
+    """An executor that honours the graph's declared batch: when the first input's first dim
+    is a fixed ``B``, any number of rows runs in chunks of exactly ``B`` and the outputs come
+    back one row per input row (``qcompile.data.model_input.run_batched``, the one rule; with
+    ``B = 1`` each image runs alone).  A symbolic batch runs the feed as given."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def run(self, graph: Any, feeds: Any, outputs: Sequence[Any]) -> dict[Any, np.ndarray]:
+        from qcompile.data.model_input import run_batched
+        from qcompile.passes._feeds import input_spec
+
+        batch = input_spec(graph.inputs[0]).batch if graph.inputs else None
+        outputs = list(outputs)
+        arrays = run_batched(lambda f: [self.inner.run(graph, f, outputs)[v] for v in outputs],
+                             feeds, batch)
+        return dict(zip(outputs, arrays, strict=True))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def ort_executor():
-    """The executor passes run graphs with (ONNX Runtime, float)."""
+    """The executor passes run graphs with (ONNX Runtime, float), in the model's batch size."""
     from qcompile.backends.ort.executor import OrtExecutor
 
-    return OrtExecutor()
+    return FixedBatchExecutor(OrtExecutor())
 
 
 def pass_context(pipeline: Sequence[Any], *, calib: str | None = None,

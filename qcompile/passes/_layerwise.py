@@ -21,6 +21,7 @@ from qcompile.ir import Graph, Node, Value, is_op
 from qcompile.numerics import quant
 from qcompile.numerics.patches import LinearGeometry
 from qcompile.passes import checks
+from qcompile.passes._feeds import feeds_of, model_data
 from qcompile.passes.base import PassContext, Stats
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
@@ -159,9 +160,10 @@ def calibration_inputs(graph: Graph, ctx: PassContext, images: int, seed: int,
         idx = recorded_selection(graph, data, images)
         if idx is None:
             idx, _ = data.split(min(images, len(data)), seed=seed)
-        feeds = [{name: b.x} for b in data.batches(batch, indices=idx)]
+        data = model_data(graph, data, ctx.log)  # as the model input declares
+        feeds = [feeds_of(graph, b.x) for b in data.batches(batch, indices=idx)]
     elif hasattr(data, "batches"):
-        feeds = [{name: b.x} for b in data.batches(batch, limit=images)]
+        feeds = [feeds_of(graph, b.x) for b in data.batches(batch, limit=images)]
     else:
         feeds = [item if isinstance(item, dict) else {name: np.asarray(item)}
                  for item in list(data)[:images]]

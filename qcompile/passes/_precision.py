@@ -23,6 +23,7 @@ from qcompile.errors import QCompileError
 from qcompile.ir import Graph, Node, TensorType, is_op
 from qcompile.numerics import quant
 from qcompile.numerics.clipping import symmetric_weight_scale
+from qcompile.passes._feeds import model_data
 from qcompile.passes.base import PassContext
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
@@ -114,7 +115,7 @@ class HeldOut:
         rng = np.random.default_rng(seed + 7919)
         self.indices = np.sort(rng.permutation(rest)[: max(1, min(n, rest.size))])
         xs, ys = [], []
-        for b in data.batches(batch, indices=self.indices):
+        for b in model_data(graph, data, ctx.log).batches(batch, indices=self.indices):
             xs.append(b.x)
             ys.append(b.labels)
         self.batches = xs

@@ -14,6 +14,7 @@ import numpy as np
 from qcompile.data import select as sel
 from qcompile.data.calibration import read_record, same_source
 from qcompile.ir import Graph, Value
+from qcompile.passes._feeds import model_data
 from qcompile.passes.base import PassContext
 
 POOL_FACTOR = 4  # diverse: candidates per chosen image (bounds the feature-extraction cost)
@@ -73,8 +74,10 @@ def _diverse(opts, graph, ctx, take, n, seed, labels) -> tuple[np.ndarray, list[
     use_pixels = value is None or ctx.executor is None or len(graph.inputs) != 1
     name = graph.inputs[0].name
     read, feats = [], []
+    if not use_pixels:
+        data = model_data(graph, data, ctx.log)  # as the model input declares
     for b in data.batches(opts.batch, indices=np.sort(order)):
-        if use_pixels:
+        if use_pixels:  # the dataset's own float32 NCHW batches
             f = _pixels(np.asarray(b.x, np.float64))
         else:
             f = np.asarray(ctx.executor.run(graph, {name: b.x}, [value])[value], np.float64)

@@ -21,6 +21,7 @@ import numpy as np
 
 from qcompile.ir import RANGE, Graph, Node
 from qcompile.passes import checks
+from qcompile.passes._feeds import feeds_of, model_data
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 from qcompile.passes.cle import LINEAR, exclusive_weight, sink_slices
 
@@ -50,8 +51,9 @@ class AbsorbHighBias(Pass):
             return st.result(graph, False)
         values = [src.outputs[0] for src, _ in regions]
         lows = {v: None for v in values}
-        for batch in ctx.calib_data.batches(16, limit=self.images):
-            out = ctx.executor.run(graph, {graph.inputs[0].name: batch.x}, values)
+        data = model_data(graph, ctx.calib_data, ctx.log)  # as the model input declares
+        for batch in data.batches(16, limit=self.images):
+            out = ctx.executor.run(graph, feeds_of(graph, batch.x), values)
             for v in values:
                 a = out[v]
                 m = a.min(axis=0) if a.ndim == 2 else a.min(axis=(0,) + tuple(range(2, a.ndim)))

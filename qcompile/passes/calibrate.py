@@ -28,6 +28,12 @@ quantised). Images: ``take = min(images, len(data))`` chosen by ``select`` (math
   ``take``, starting from one image per class (labelled, ``take >= #classes``) or one seeded
   random image. The stats notes name the feature and the coverage radius against a random set.
 
+Model input: batches are fed as the graph input declares them (NCHW/NHWC, float32/float16/
+uint8 raw pixels, its fixed square size; :mod:`qcompile.passes._feeds`), and a fixed batch size
+``B`` is honoured by the injected executor, which runs the rows in chunks of exactly ``B``
+(``B = 1``: image by image), so the statistics cover exactly the chosen images. A model with
+several inputs is fed from an ``.npz`` holding one member per input, named like the inputs.
+
 The indices are logged and recorded (with ``select``) in the graph metadata
 ``qcompile.calibration`` (ONNX ``metadata_props``), so that evaluation can leave them out and
 the layer-wise passes (adaround, bias_correct, ...) reuse a non-random selection.
@@ -49,6 +55,7 @@ from qcompile.errors import OptionError, QCompileError
 from qcompile.ir import RANGE, Graph, Range, Value
 from qcompile.numerics.observers import make_observer
 from qcompile.passes import checks
+from qcompile.passes._feeds import input_spec, model_data
 from qcompile.passes._select import choose_images
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 
@@ -142,9 +149,16 @@ class Calibrate(Pass):
             if n == 0:
                 raise CalibrationError(f"the calibration set {data.source} is empty; "
                                        "give a folder or file with images")
+            named = None
             if len(inputs) != 1:
-                raise CalibrationError(f"the model has {len(inputs)} inputs; image "
-                                       "calibration data feeds exactly one")
+                named = data.arrays_named([v.name for v in inputs])
+                if named is None:
+                    raise CalibrationError(
+                        f"the model has {len(inputs)} inputs "
+                        f"({', '.join('%' + v.name for v in inputs)}); image calibration data "
+                        "feeds one, or give an .npz with one member per input, named like them")
+            else:
+                data = model_data(graph, data, ctx.log)
             take = min(self.images, n)
             order, notes = choose_images(self, graph, ctx, take)
             idx = np.sort(order)  # read front to back; the record keeps the selection order
@@ -160,6 +174,13 @@ class Calibrate(Pass):
             name = inputs[0].name
 
             def gen() -> Iterator[tuple[dict[str, np.ndarray], int]]:
+                if named is not None:  # several inputs: .npz members by input name, as stored
+                    for s in range(0, len(idx), self.batch):
+                        rows = idx[s:s + self.batch]
+                        yield {v.name: np.ascontiguousarray(
+                            named[v.name][rows], dtype=input_spec(v).dtype)
+                            for v in inputs}, len(rows)
+                    return
                 for b in data.batches(self.batch, indices=idx):
                     _check_shape(inputs[0], b.x, data.source)
                     yield {name: b.x}, len(b.x)

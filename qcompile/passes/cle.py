@@ -30,6 +30,7 @@ import numpy as np
 
 from qcompile.ir import RANGE, Graph, Node, Value
 from qcompile.passes import checks
+from qcompile.passes._feeds import feeds_of, model_data
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 
 HOMOGENEOUS = ("Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "Identity",
@@ -109,9 +110,9 @@ class CrossLayerEqualize(Pass):
             return set()
         inputs = [c.inputs[0] for c in clips]
         peak = {v: -np.inf for v in inputs}
-        batches = ctx.calib_data.batches(16, limit=self.images)
+        batches = model_data(graph, ctx.calib_data, ctx.log).batches(16, limit=self.images)
         for batch in batches:
-            feeds = {graph.inputs[0].name: batch.x}
+            feeds = feeds_of(graph, batch.x)
             out = ctx.executor.run(graph, feeds, inputs)
             for v in inputs:
                 peak[v] = max(peak[v], float(np.max(out[v])))
