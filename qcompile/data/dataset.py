@@ -146,8 +146,9 @@ class Dataset:
         NCHW float32 inputs with no fixed size get ``self`` back."""
         if model_input in self._views:
             return self._views[model_input]
+        hw = None if self._reader is None else tuple(self._reader.shape[1:3])
         pre, notes = model_input.adapt_preprocess(self.preprocess,
-                                                  preprocessed=self.is_preprocessed)
+                                                  preprocessed=self.is_preprocessed, image_hw=hw)
         view = self
         if not (model_input.is_default and pre == self.preprocess):
             view = copy.copy(self)

@@ -95,9 +95,11 @@ class ModelInput:
                             f"can be fed as {', '.join(_DTYPES)} only")
 
     # -- adapting the data --------------------------------------------------------------
-    def adapt_preprocess(self, pre: Preprocess, *, preprocessed: bool = False
+    def adapt_preprocess(self, pre: Preprocess, *, preprocessed: bool = False,
+                         image_hw: tuple[int, int] | None = None
                          ) -> tuple[Preprocess, list[str]]:
-        """(recipe ending at the model's fixed square size / raw pixels for uint8, log lines)."""
+        """(recipe ending at the model's fixed square size / raw pixels for uint8, log lines);
+        ``image_hw``: the images' size when known (no resize note when they already fit)."""
         self.check_dtype()
         notes: list[str] = []
         if self.dtype == "uint8":
@@ -116,11 +118,14 @@ class ModelInput:
                 pre = dataclasses.replace(pre, resize=resize, crop=s, size=None)
             else:
                 pre = dataclasses.replace(pre, resize=None, size=s)
-            notes.append(f"data: model input {self.name!r} is {s}x{s}: images resized to it "
-                         f"({pre.describe()})")
+            if image_hw != (s, s) or pre.resize is not None:
+                notes.append(f"data: model input {self.name!r} is {s}x{s}: images resized to it "
+                             f"({pre.describe()})")
         if self.layout == "NHWC" or self.dtype != "float32":
+            how = " and ".join(w for w, on in (("transposed", self.layout == "NHWC"),
+                                                ("cast", self.dtype != "float32")) if on)
             notes.append(f"data: model input {self.name!r} is {self.layout} {self.dtype}: "
-                         "batches transposed/cast to it after preprocessing")
+                         f"batches {how} to it after preprocessing")
         return pre, notes
 
     def convert(self, x: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from qcompile.backends.mpfr.listeners import DumpListener, LayerStats, Verifier
 from qcompile.data.calibration import calibration_indices
 from qcompile.driver.context import canonical, open_data, pass_context
 from qcompile.errors import QCompileError
+from qcompile.passes._feeds import input_spec, model_data
 
 __all__ = ["emulate", "make_config"]
 
@@ -98,6 +99,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         graph = _run_passes(graph, passes, calib, pre, seed, log)
     load_s = time.perf_counter() - t0
     ds = open_data(image if image is not None else data, pre, log=log)
+    ds = model_data(graph, ds, log)  # as the input declares it: NCHW/NHWC, dtype, fixed size
     # never evaluate on the calibration images (the one held-out rule, data/calibration.py)
     skip = calibration_indices(graph.metadata, ds) if data is not None else np.zeros(0, np.int64)
     stats = LayerStats(cfg)
@@ -116,6 +118,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         interp.engine.A.warmup()
     compile_s = time.perf_counter() - t1
     in_name = graph.inputs[0].name
+    in_dtype = input_spec(float_graph.inputs[0]).dtype
     out_name = graph.outputs[0].name
     sess = _fp32_session(float_graph) if fp32 else None
     names = None
@@ -141,7 +144,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         ref = None
         if sess is not None:
             t = time.perf_counter()
-            ref = sess.run([out_name], {in_name: bt.x.astype(np.float32)})[0]
+            ref = sess.run([out_name], {in_name: bt.x.astype(in_dtype)})[0]
             ref = ref.reshape(ref.shape[0], -1).astype(np.float64)
             fp32_s += time.perf_counter() - t
         if names is None:

@@ -1,5 +1,9 @@
 """Evaluation of model files on labelled images: ``qcompile eval`` and ``qcompile compare``.
 
+Both feed the images as the model's input declares them (layout, dtype, fixed size) and in its
+fixed batch size, if any (:mod:`qcompile.data.model_input`; latency is then measured at that
+batch only).
+
 * ``evaluate_model``: top-1 / top-5 accuracy, per-class accuracy, latency at batch 1 and 8
   (ONNX Runtime, warm-up then the median of timed runs), model file size.
 * ``compare_models``: on the same images, top-1 agreement of A and B, both accuracies and the
@@ -23,6 +27,7 @@ import numpy as np
 from qcompile.backends.ort.measure import ModelRunner, node_providers, provider_summary, tile_batch
 from qcompile.data import Dataset
 from qcompile.data.calibration import calibration_indices
+from qcompile.data.model_input import ModelInput, run_batched
 from qcompile.driver.context import open_data
 from qcompile.errors import QCompileError
 from qcompile.numerics.error import sqnr_from_sums
@@ -32,6 +37,23 @@ def _open(data: str | Dataset, preprocess: str, log: Callable[[str], None]) -> D
     if isinstance(data, Dataset):
         return data
     return open_data(data, preprocess, log=log)
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+              "tensor(double)": "float64", "tensor(int8)": "int8"}
+
+
+def _fit(runner: ModelRunner, ds: Dataset, log: Callable[[str], None]
+         ) -> tuple[Dataset, Callable[[np.ndarray], np.ndarray], int | None]:
+    """(the data as the model's input declares it, predict in the model's fixed batch, that
+    batch or None): see :mod:`qcompile.data.model_input`."""
+    t = runner.input.type
+    spec = ModelInput(runner.input.name, tuple(runner.input.shape or ()) or None,
+                      _ORT_TYPES.get(t, t.removeprefix("tensor(").rstrip(")")))
+    name = runner.input.name
+    return (ds.for_model(spec, log=log),
+            lambda x: run_batched(lambda f: [runner.predict(f[name])], {name: x}, spec.batch)[0],
+            spec.batch)
 
 
 def _eval_indices(ds: Dataset, exclude: np.ndarray, limit: int | None) -> np.ndarray:
@@ -62,6 +84,7 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str = "none",
     ds = _open(data, preprocess, log)
     excluded = calibration_indices(runner.metadata, ds) if exclude_calibration else np.zeros(0, np.int64)
     idx = _eval_indices(ds, excluded, limit) if indices is None else np.asarray(indices)
+    ds, predict, fixed = _fit(runner, ds, log)
     correct1 = correct5 = n = 0
     classes = ds.class_names
     per_class: dict[int, list[int]] = {}
@@ -70,7 +93,7 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str = "none",
     for b in ds.batches(batch, indices=idx):
         if first is None:
             first = b.x[:8]
-        logits = _check_logits(runner.predict(b.x), model)
+        logits = _check_logits(predict(b.x), model)
         top = _topk(logits, 5)
         labels = b.labels
         hit1 = top[:, 0] == labels
@@ -93,11 +116,11 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str = "none",
         "providers": runner.providers[:1], "eval_seconds": round(seconds, 3),
     }
     if device != "cpu" and first is not None:  # which EP ran each node (TensorRT or not)
-        eps = node_providers(model, first[:1], device=device)
+        eps = node_providers(model, tile_batch(first, fixed or 1), device=device)
         report["node_providers"] = provider_summary(eps)
     if latency and first is not None:
         report["latency_ms"] = {str(bs): round(runner.latency_ms(tile_batch(first, bs)), 3)
-                                for bs in (1, 8)}
+                                for bs in ((fixed,) if fixed else (1, 8))}
     return report
 
 
@@ -111,11 +134,21 @@ def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str = "no
     ds = _open(data, preprocess, log)
     excluded = np.union1d(calibration_indices(ra.metadata, ds), calibration_indices(rb.metadata, ds))
     idx = _eval_indices(ds, excluded, limit)
+    ds_a, pred_a, _ = _fit(ra, ds, log)
+    ds_b, pred_b, _ = _fit(rb, ds, log)
+    def key(d: Dataset) -> tuple:
+        m = d.model_input
+        return (d.preprocess, "NCHW" if m is None else m.layout, "float32" if m is None else m.dtype)
+
+    if key(ds_a) != key(ds_b):
+        raise QCompileError(f"compare: {a} and {b} declare different inputs "
+                            f"({ra.input.shape} {ra.input.type} vs {rb.input.shape} {rb.input.type})")
+    ds = ds_a
     agree = ca = cb = n = 0
     sig = noise = 0.0
     for bt in ds.batches(batch, indices=idx):
-        la = _check_logits(ra.predict(bt.x), a).astype(np.float64)
-        lb = _check_logits(rb.predict(bt.x), b).astype(np.float64)
+        la = _check_logits(pred_a(bt.x), a).astype(np.float64)
+        lb = _check_logits(pred_b(bt.x), b).astype(np.float64)
         if la.shape != lb.shape:
             raise QCompileError(f"compare: output shapes differ ({la.shape} vs {lb.shape})")
         pa, pb = la.argmax(1), lb.argmax(1)
