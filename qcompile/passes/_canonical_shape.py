@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from qcompile.ir import DType, Node, Value
-from qcompile.passes.cleanup import _ATTR_ONLY, FOLDERS
+from qcompile.passes.cleanup import FOLD_ATTRS, FOLDERS
 
 SAMPLES = (2, 3, 5)  # batch values substituted for the symbolic dimension 0
 _SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast",
@@ -126,7 +126,7 @@ class ShapeEvaluator:
             attrs = {k: node.attrs[k] for k in keys if k in node.attrs}
         else:
             fn = FOLDERS[node.op]
-            attrs = {k: val for k, val in node.attrs.items() if k in _ATTR_ONLY.get(node.op, ())}
+            attrs = {k: val for k, val in node.attrs.items() if k in FOLD_ATTRS.get(node.op, ())}
             if node.op in ("Squeeze", "Unsqueeze") and "axes" in node.attrs:  # opset < 13 form
                 attrs["axes"] = np.array(node.attrs["axes"])
         while args and args[-1] is None:

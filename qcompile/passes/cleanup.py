@@ -72,7 +72,7 @@ FOLDERS: dict[str, Callable[..., np.ndarray]] = {
     "Shape": lambda x, start=0, end=None: np.array(x.shape[start:end], np.int64),
     "Slice": _slice,
 }
-_ATTR_ONLY = {"Reshape": ("allowzero",), "Flatten": ("axis",), "Transpose": ("perm",),
+FOLD_ATTRS = {"Reshape": ("allowzero",), "Flatten": ("axis",), "Transpose": ("perm",),
               "Concat": ("axis",), "Shape": ("start", "end"), "Squeeze": (), "Unsqueeze": ()}
 
 
@@ -133,7 +133,7 @@ class Cleanup(Pass):
             st.skip("public_constant", f"{node.op} {node.name!r}", "its output is a graph output")
             return
         args = [v.const for v in node.inputs]
-        attrs = {k: v for k, v in node.attrs.items() if k in _ATTR_ONLY.get(node.op, ())}
+        attrs = {k: v for k, v in node.attrs.items() if k in FOLD_ATTRS.get(node.op, ())}
         if node.op in ("Squeeze", "Unsqueeze") and "axes" in node.attrs:  # opset < 13 form
             attrs["axes"] = np.array(node.attrs["axes"])
         value = np.asarray(fn(*args, **attrs))

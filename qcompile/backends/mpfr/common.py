@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from qcompile.errors import QCompileError
+from qcompile.ir import DType
+
+_PACKED = frozenset({DType.INT4, DType.UINT4, DType.FLOAT4E2M1})  # no numpy element type
 
 
 class KernelError(QCompileError):
@@ -249,11 +252,10 @@ def cast_target(to):
     to = int(to)
     if to in FLOAT_TYPES:
         return "float", None
-    from onnx import helper
-
     try:
-        dt = np.dtype(helper.tensor_dtype_to_np_dtype(to))
-    except Exception:  # unknown enum values
+        code = DType(to)
+        dt = np.dtype(object) if code in _PACKED else code.to_numpy()
+    except (ValueError, TypeError):  # unknown enum values, STRING, complex
         dt = np.dtype(object)
     if dt.kind not in "iub":  # STRING, complex, packed 4-bit types
         raise KernelError(f"Cast: target type {to} is not supported")
@@ -265,3 +267,20 @@ def lrn_window(C, c, size):
     lo = max(0, c - (size - 1) // 2)
     hi = min(C - 1, c + -(-(size - 1) // 2))
     return lo, hi
+
+
+# -- reference-engine helpers (object arrays of gmpy2 values) ----------------------------
+def full(shape, elem, sample):
+    """Evaluate ``elem(index)`` over the whole output, or at ``sample`` indices."""
+    if sample is not None:
+        return [elem(tuple(i)) for i in sample]
+    out = np.empty(shape, object)
+    for i in np.ndindex(*shape):
+        out[i] = elem(i)
+    return (out,)
+
+
+def elementwise(fn, sample, *arrays):
+    shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    bs = [np.broadcast_to(a, shape) for a in arrays]
+    return full(shape, lambda i: fn(*(b[i] for b in bs)), sample)

@@ -10,8 +10,11 @@ from gmpy2 import is_infinite, is_nan, mpfr, trunc
 
 from qcompile.backends.base import OpTable
 from qcompile.backends.mpfr import common as cm
-from qcompile.backends.mpfr.ops_ref import _POS0, _ew, _full
+from qcompile.backends.mpfr.common import elementwise as _ew
+from qcompile.backends.mpfr.common import full as _full
 from qcompile.backends.mpfr.ops_shape import exact
+
+_POS0 = mpfr(0, 2)  # +0 at the smallest precision: the start of every exact sum
 
 _ONE = mpfr(1)
 

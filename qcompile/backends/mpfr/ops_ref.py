@@ -13,27 +13,13 @@ from gmpy2 import is_nan, mpfr
 
 from qcompile.backends.base import OpTable
 from qcompile.backends.mpfr import common as cm
+from qcompile.backends.mpfr.common import elementwise as _ew
+from qcompile.backends.mpfr.common import full as _full
 from qcompile.backends.mpfr.ops_shape import data_movement, exact, register_data_ops
 
 REF: OpTable = OpTable("mpfr-reference")
 _POS0 = mpfr(0, 2)
 _NEG_INF = mpfr("-inf")
-
-
-def _full(shape, elem, sample):
-    """Evaluate ``elem(index)`` over the whole output, or at ``sample`` indices."""
-    if sample is not None:
-        return [elem(tuple(i)) for i in sample]
-    out = np.empty(shape, object)
-    for i in np.ndindex(*shape):
-        out[i] = elem(i)
-    return (out,)
-
-
-def _ew(fn, sample, *arrays):
-    shape = np.broadcast_shapes(*(a.shape for a in arrays))
-    bs = [np.broadcast_to(a, shape) for a in arrays]
-    return _full(shape, lambda i: fn(*(b[i] for b in bs)), sample)
 
 
 def _scalar(E, v, default):

@@ -161,7 +161,7 @@ def resize_ref(E, x, roi=None, scales=None, sizes=None, *, mode="nearest",
         v1 = value(i[:a] + [int(i1[o])] + i[a + 1:], k + 1)
         return A.add(A.mul(v0, h[o]), A.mul(v1, lo[o]))
 
-    from qcompile.backends.mpfr.ops_ref import _full
+    from qcompile.backends.mpfr.common import full as _full
 
     return _full(out, lambda i: value(list(i), 0), sample)
 
