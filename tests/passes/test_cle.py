@@ -14,7 +14,7 @@ from qcompile.backends.ort.executor import OrtExecutor
 from qcompile.frontend import lift
 from qcompile.ir import format_graph, verify
 from qcompile.passes import PassContext, PreconditionError, parse_pipeline, run_pipeline
-from qcompile.passes.cle import CrossLayerEqualize, _sink_slices, _src_view
+from qcompile.passes.cle import CrossLayerEqualize, _src_view, sink_slices
 from qcompile.testing import zoo
 
 
@@ -79,7 +79,7 @@ def test_ranges_equalised():
     conv1, conv2 = g.find_node("layer1.0.conv1"), g.find_node("layer1.0.conv2")
     r1 = np.abs(_src_view(conv1).reshape(conv1.inputs[1].const.shape[0], -1)).max(1)
     w2 = conv2.inputs[1].const
-    r2 = np.array([np.abs(w2[s]).max() for s in _sink_slices(conv2, len(r1))])
+    r2 = np.array([np.abs(w2[s]).max() for s in sink_slices(conv2, len(r1))])
     np.testing.assert_allclose(r1, r2, rtol=1e-4)
 
 
