@@ -91,3 +91,20 @@ def test_builders_are_deterministic_and_shaped_like_their_exporter(case):
         assert "Concat" in ops
     if case.startswith("mobilenet") or case == "efficientnet_b0":
         assert any(a.name == "group" and a.i > 1 for n in m.graph.node for a in n.attribute)
+
+
+def test_unsupported_op_is_refused_in_one_line_naming_it(tmp_path):
+    """The harness's refusal path: an op the MPFR backend lacks (Hardmax after a MobileNetV2)
+    is exit 2 with one ``error:`` line naming the op and the node, never a traceback."""
+    from onnx import helper
+
+    from qcompile.testing.exporters import Case, mobilenet_v2
+
+    m = mobilenet_v2()
+    m.graph.node[-1].output[0] = "pre"
+    m.graph.node.append(helper.make_node("Hardmax", ["pre"], ["logits"], name="/Hardmax_x",
+                                         axis=1))
+    ws = Workspace.create(Case("hardmax", lambda: m), tmp_path)
+    out = run_command(ws, "emulate_fp32")
+    assert out.status == "refused", out
+    assert "Hardmax" in out.detail and "/Hardmax_x" in out.detail
