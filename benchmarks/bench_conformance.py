@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchmarks._common import table, write_json  # noqa: E402
 from conformance.harness import BENCH_COMMANDS, CASES, Outcome, Workspace, run_command  # noqa: E402
+
+from benchmarks._common import table, write_json  # noqa: E402
 
 
 def main() -> None:
