@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from qcompile.data.errors import DataError, DataWarning
+from qcompile.data.limits import check_pixels, check_regular_file
 from qcompile.data.model_input import ModelInput
 from qcompile.data.preprocess import Preprocess, preset
 from qcompile.data.sources import ArrayReader, UnreadableImage, load_image, npz_members, scan_folder
@@ -265,6 +266,7 @@ def open_dataset(path: str | Path, preprocess: Preprocess | None = None, *,
         for note in notes:
             ds._warn(note)
         return ds
+    check_regular_file(p)  # before any open: a FIFO would block, a device stream forever
     suffix = p.suffix.lower()
     if suffix in (".npz", ".npy"):
         reader = ArrayReader(p)
@@ -272,10 +274,13 @@ def open_dataset(path: str | Path, preprocess: Preprocess | None = None, *,
                        class_names=reader.class_names, **common)
     try:  # any other file: a single image if Pillow recognises it
         with Image.open(p) as im:
-            im.format  # noqa: B018  (header parsed; full decode checked below)
-    except (OSError, SyntaxError, ValueError):
+            size = im.size  # header parsed; full decode checked below
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"data: image {p} is too large to decode ({exc}); shrink it first") from None
+    except (OSError, SyntaxError, ValueError, EOFError):
         raise DataError(f"data: {p} is not a supported data source; use a .npz, .npy, "
                         "an image file (.jpg .jpeg .png .bmp .webp) or a folder of images") from None
+    check_pixels(size, p)
     ds = Dataset(str(p), "image", 1, files=[p], **common)
     try:
         load_image(p)  # decode once now so a broken --image fails at open, not mid-run

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from qcompile.data.errors import DataError
+from qcompile.data.limits import MAX_SIDE
 
 __all__ = ["Preprocess", "PRESETS", "preset", "preset_names", "preprocess_from_options"]
 
@@ -89,6 +90,9 @@ def _check_side(value: object, what: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise DataError(f"data: {what}={value!r} must be a positive integer number of pixels")
+    if value > MAX_SIDE:  # a resize to 100000x100000 would allocate 120 GB
+        raise DataError(f"data: {what}={value!r} is larger than {MAX_SIDE} pixels; choose a "
+                        f"side in 1..{MAX_SIDE}")
     return int(value)
 
 

@@ -22,6 +22,12 @@ import numpy as np
 from PIL import Image
 
 from qcompile.data.errors import DataError
+from qcompile.data.limits import (
+    check_array_bytes,
+    check_pixels,
+    check_regular_file,
+    is_regular_file,
+)
 
 __all__ = ["IMAGE_EXTENSIONS", "ArrayReader", "scan_folder", "load_image", "npz_members",
            "UnreadableImage"]
@@ -65,8 +71,23 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     shape, _, dtype = np.lib.format.read_array_header_2_0(f)
                 else:  # format 3.0 (utf-8 field names): rare; leave unknown, load if needed
                     shape, dtype = (), np.dtype(object)
+                header = f.tell()
+            # Before anything reads the member: its declared size within the budget and
+            # within the bytes the zip says it holds (a lying header is refused, not allocated).
+            check_array_bytes(tuple(shape), dtype.itemsize, f"{path} member '{key}'",
+                              stored=max(info.file_size - header, 0))
             out[key] = (tuple(shape), dtype)
     return out
+
+
+def _load_member(path: Path, key: str) -> np.ndarray:
+    """Member ``key`` of the .npz ``path``; a truncated or CRC-broken member is a DataError."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z[key])
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise DataError(f"data: cannot read member '{key}' of {path} ({type(exc).__name__}: "
+                        f"{exc}); the file is truncated or corrupt, re-save it with np.savez") from None
 
 
 def npz_members(path: Path, names, n: int) -> dict[str, np.ndarray] | None:
@@ -80,8 +101,7 @@ def npz_members(path: Path, names, n: int) -> dict[str, np.ndarray] | None:
     if not names or any(k not in headers or not headers[k][0] or headers[k][0][0] != n
                         for k in names):
         return None
-    with np.load(path, allow_pickle=False) as z:
-        return {k: np.asarray(z[k]) for k in names}
+    return {k: _load_member(path, k) for k in names}
 
 
 class ArrayReader:
@@ -94,6 +114,7 @@ class ArrayReader:
         self._array: np.ndarray | None = None
         self._key: str | None = None
         try:
+            check_regular_file(path)
             if path.suffix.lower() == ".npy":
                 self._array = np.load(path, mmap_mode="r", allow_pickle=False)
                 shape, dtype = self._array.shape, self._array.dtype
@@ -132,21 +153,21 @@ class ArrayReader:
             keys = ", ".join(headers) or "none"
             raise DataError(f"data: {self.path} has no 'images' array (keys: {keys}); {_EXPECTED}")
         self._key = key
-        with np.load(self.path, allow_pickle=False) as z:
-            lab_key = next((k for k in _LABEL_KEYS if k in headers), None)
-            if lab_key is not None:
-                self.labels = _check_labels(np.asarray(z[lab_key]), self.path, lab_key)
-            cls_key = next((k for k in _CLASS_KEYS if k in headers), None)
-            if cls_key is not None and z[cls_key].ndim == 1:
-                self.class_names = [str(c) for c in z[cls_key].tolist()]
+        lab_key = next((k for k in _LABEL_KEYS if k in headers), None)
+        if lab_key is not None:
+            self.labels = _check_labels(_load_member(self.path, lab_key), self.path, lab_key)
+        cls_key = next((k for k in _CLASS_KEYS if k in headers), None)
+        if cls_key is not None:
+            classes = _load_member(self.path, cls_key)
+            if classes.ndim == 1:
+                self.class_names = [str(c) for c in classes.tolist()]
         return headers[key]
 
     def read(self, idx: np.ndarray) -> np.ndarray:
         """Raw rows ``array[idx]`` (a new in-memory array, never a view of the file)."""
         if self._array is None:
             # .npz: loading the whole member is unavoidable (zip members cannot be mmapped).
-            with np.load(self.path, allow_pickle=False) as z:
-                self._array = z[self._key]
+            self._array = _load_member(self.path, self._key)
         arr = self._array
         if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and np.all(np.diff(idx) == 1):
             rows = arr[int(idx[0]) : int(idx[-1]) + 1]  # contiguous: one sequential read
@@ -174,7 +195,8 @@ def _images_under(folder: Path) -> list[Path]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         rel = Path(root).relative_to(folder).parts
-        found += [(rel + (f,), Path(root) / f) for f in files if _is_image_name(f)]
+        found += [(rel + (f,), Path(root) / f) for f in files if _is_image_name(f)
+                  and is_regular_file(Path(root) / f)]  # a FIFO named x.png would block
     return [p for _, p in sorted(found)]
 
 
@@ -213,11 +235,18 @@ def scan_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, list[str] 
 
 
 def load_image(path: Path) -> Image.Image:
-    """Decode one image file fully into RGB; raise :class:`UnreadableImage` if it cannot be."""
+    """Decode one image file fully into RGB; raise :class:`UnreadableImage` if it cannot be
+    (not a regular file, more pixels than :data:`~qcompile.data.limits.MAX_IMAGE_PIXELS`:
+    both checked before anything is decoded)."""
     try:
+        check_regular_file(path, "image")
         with Image.open(path) as im:
+            check_pixels(im.size, path)
             im.load()  # force the full decode now so truncated files fail here
             return im.convert("RGB")  # grayscale / palette / RGBA / CMYK -> 3-channel RGB
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except DataError as exc:
+        raise UnreadableImage(str(exc).removeprefix("data: ")) from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError,
+            Image.DecompressionBombError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise UnreadableImage(f"{path}: {reason}") from None
