@@ -22,7 +22,10 @@ Semantics (both engines follow them exactly; see README "Float-format emulation"
   per-channel sqrt once); Global/AveragePool: sum from +0 in row-major window order, then
   divide by the (converted) count; Add/Sub/Mul/Div/Sqrt element-wise; Relu (x if x > 0 or
   NaN, else +0), MaxPool (first maximum in window order, NaN wins), Clip, Pad, Slice,
-  Flatten, Reshape, Identity, Concat exact; LeakyRelu one multiply; Exp, Tanh correctly
+  Flatten, Reshape, Identity, Concat exact; LeakyRelu one multiply (``--compat qresnet``
+  compares as the C++ engine, false on NaN: Relu NaN -> +0, LeakyRelu x > 0 ? x : a*x,
+  MaxPool best = -inf, replaced only when v > best, Clip keeps NaN; ``EmuConfig.mpfr_compare``);
+  Exp, Tanh correctly
   rounded (MPFR); Sigmoid = 1 / (1 + exp(-x)) in three rounded steps;
 * exporter ops (ReduceMean/Sum, Softmax, HardSigmoid/Swish, Sum, Max/Min, Cast, LRN, Resize,
   Shape, Gather, Split, ConstantOfShape, Expand): ``ops_ext_fast``, ``ops_resize`` and

@@ -35,6 +35,14 @@ class EmuConfig:
                               f"{', '.join(ACCUMULATE)}")
 
     @property
+    def mpfr_compare(self) -> bool:
+        """Comparisons follow ``mpfr_greater_p``/``mpfr_less_p`` (false when either operand is
+        NaN), as the C++ qResNet engine's do: Relu ``x > 0 ? x : +0`` (NaN -> +0), LeakyRelu
+        ``x > 0 ? x : alpha*x``, MaxPool ``best = -inf; if (v > best) best = v`` (never a NaN),
+        Clip ``x < lo ? lo : (x > hi ? hi : x)``.  Otherwise NaN propagates (IEEE style)."""
+        return self.compat == "qresnet"
+
+    @property
     def name(self) -> str:
         return f"compat-{self.compat}" if self.compat else (self.fmt.name or self.fmt.spec())
 
@@ -47,6 +55,8 @@ class EmuConfig:
         s += f"; accumulate {self.accumulate}"
         if self.gemm_bias_first:
             s += "; Gemm bias first"
+        if self.mpfr_compare:
+            s += "; comparisons as MPFR (false on NaN)"
         return s
 
     def to_json(self) -> dict:
@@ -54,7 +64,8 @@ class EmuConfig:
                 "emin": self.fmt.emin, "emax": self.fmt.emax, "rounding": self.rounding.value,
                 "convert_format": self.convert_fmt.spec(),
                 "convert_rounding": self.convert_rounding.value,
-                "accumulate": self.accumulate, "gemm_bias_first": self.gemm_bias_first}
+                "accumulate": self.accumulate, "gemm_bias_first": self.gemm_bias_first,
+                "comparisons": "mpfr" if self.mpfr_compare else "nan-propagating"}
 
 
 def qresnet() -> EmuConfig:

@@ -132,6 +132,8 @@ def sqrt(E, x):
 @FAST.register("Relu")
 @exact
 def relu(E, x):
+    if E.cfg.mpfr_compare:  # x > 0 ? x : 0 (mpfr_greater_p: NaN -> +0)
+        return (np.where(x > 0, x, 0.0),)
     return (np.where((x > 0) | np.isnan(x), x, 0.0),)
 
 
@@ -150,7 +152,10 @@ def abs_(E, x):
 @FAST.register("LeakyRelu")
 def leaky_relu(E, x, *, alpha=0.01):
     al = E.convert(np.asarray(alpha, _F64))
-    return (np.where(x < 0, E.A.mul(x, np.broadcast_to(al, x.shape)), x),)
+    ax = E.A.mul(x, np.broadcast_to(al, x.shape))
+    if E.cfg.mpfr_compare:  # x > 0 ? x : alpha*x (NaN and zeros take the multiply)
+        return (np.where(x > 0, x, ax),)
+    return (np.where(x < 0, ax, x),)
 
 
 @FAST.register("Clip")
@@ -158,6 +163,8 @@ def leaky_relu(E, x, *, alpha=0.01):
 def clip(E, x, lo=None, hi=None, *, min=None, max=None):  # noqa: A002 (ONNX names)
     lo = _conv_const(E, lo if lo is not None else min, -np.inf)
     hi = _conv_const(E, hi if hi is not None else max, np.inf)
+    if E.cfg.mpfr_compare:  # x < lo ? lo : (x > hi ? hi : x)
+        return (np.where(x < lo, lo, np.where(x > hi, hi, x)),)
     y = np.where(x < lo, lo, x)
     return (np.where(y > hi, hi, y),)
 
@@ -204,7 +211,10 @@ def maxpool(E, x, *, kernel_shape, strides=None, pads=None, dilations=None, ceil
         if m is None:
             m = np.full(x.shape[:2] + (OH, OW), -np.inf)
             has = np.zeros((OH, OW), bool)
-        take = ok & (~has | (v > m) | np.isnan(v))
+        if E.cfg.mpfr_compare:  # best = -inf; if (v > best) best = v: never a NaN
+            take = ok & (v > m)
+        else:
+            take = ok & (~has | (v > m) | np.isnan(v))
         m = np.where(take, v, m)
         has |= ok
     return (m,)
@@ -265,3 +275,7 @@ from qcompile.backends.mpfr.ops_shape import add_integer_paths  # noqa: E402
 _ext.register(FAST)
 _rs.register(FAST, _rs.resize_fast)
 add_integer_paths(FAST)
+
+from qcompile.backends.mpfr import ops_qdq_ms as _ops_qdq_ms  # noqa: E402  (QGemm..., #13)
+
+_ops_qdq_ms.register(FAST)

@@ -184,6 +184,8 @@ def sqrt(E, x, *, sample=None):
 @REF.register("Relu")
 @exact
 def relu(E, x, *, sample=None):
+    if E.cfg.mpfr_compare:  # x > 0 ? x : 0 (mpfr_greater_p: NaN -> +0)
+        return _ew(lambda v: v if v > 0 else _POS0, sample, x)
     return _ew(lambda v: v if (v > 0 or is_nan(v)) else _POS0, sample, x)
 
 
@@ -202,6 +204,8 @@ def abs_(E, x, *, sample=None):
 @REF.register("LeakyRelu")
 def leaky_relu(E, x, *, alpha=0.01, sample=None):
     al = E.C.round(float(np.float64(alpha)))
+    if E.cfg.mpfr_compare:  # x > 0 ? x : alpha*x (NaN and zeros take the multiply)
+        return _ew(lambda v: v if v > 0 else E.A.mul(v, al), sample, x)
     return _ew(lambda v: E.A.mul(v, al) if v < 0 else v, sample, x)
 
 
@@ -215,7 +219,10 @@ def clip(E, x, lo=None, hi=None, *, min=None, max=None, sample=None):  # noqa: A
         v = lo if v < lo else v
         return hi if v > hi else v
 
-    return _ew(f, sample, x)
+    def f_mpfr(v):  # x < lo ? lo : (x > hi ? hi : x)
+        return lo if v < lo else (hi if v > hi else v)
+
+    return _ew(f_mpfr if E.cfg.mpfr_compare else f, sample, x)
 
 
 for _op, _fn in (("Exp", "exp"), ("Tanh", "tanh"), ("Sigmoid", "sigmoid")):
@@ -259,7 +266,15 @@ def maxpool(E, x, *, kernel_shape, strides=None, pads=None, dilations=None, ceil
                 m = v
         return m
 
-    return _full(_pool_shape(x, kernel_shape, kw), elem, sample)
+    def elem_mpfr(i):  # best = -inf; if (v > best) best = v: a NaN is never picked
+        m = _NEG_INF
+        for v in _window(x, kernel_shape, kw, i):
+            if v > m:
+                m = v
+        return m
+
+    return _full(_pool_shape(x, kernel_shape, kw), elem_mpfr if E.cfg.mpfr_compare else elem,
+                 sample)
 
 
 @REF.register("AveragePool")
@@ -320,3 +335,7 @@ from qcompile.backends.mpfr.ops_shape import add_integer_paths  # noqa: E402
 _ext.register(REF)
 _rs.register(REF, _rs.resize_ref)
 add_integer_paths(REF)
+
+from qcompile.backends.mpfr import ops_qdq_ms_ref as _ops_qdq_ms_ref  # noqa: E402  (#13)
+
+_ops_qdq_ms_ref.register(REF)
