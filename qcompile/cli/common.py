@@ -56,11 +56,12 @@ def console():
 class Bar:
     """Progress on stderr for long passes (calibration): ``update(n)``, ``close()``."""
 
-    def __init__(self, total: int, desc: str) -> None:
+    def __init__(self, total: int, desc: str, unit: str | None = None) -> None:
         from rich.console import Console
         from rich.progress import Progress
 
-        self._p = Progress(console=Console(stderr=True), transient=True)
+        cols = () if unit is None else _rate_columns(unit)
+        self._p = Progress(*cols, console=Console(stderr=True), transient=True)
         self._p.start()
         self._task = self._p.add_task(desc, total=total)
 
@@ -71,8 +72,31 @@ class Bar:
         self._p.stop()
 
 
-def progress(total: int, desc: str) -> Bar:
-    return Bar(total, desc)
+def progress(total: int, desc: str, unit: str | None = None) -> Bar:
+    """A bar; with ``unit`` (e.g. "images") it also shows done/total, unit/s and the ETA."""
+    return Bar(total, desc, unit)
+
+
+def images_progress(total: int, desc: str) -> Bar:
+    return Bar(total, desc, "images")
+
+
+def _rate_columns(unit: str) -> tuple:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text("" if not task.speed else f"{task.speed:.2f} {unit}/s")
+
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+            TextColumn("ETA"), TimeRemainingColumn())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,3 +107,9 @@ def preprocess_option():
 
 def json_option(help: str = "machine-readable report"):
     return typer.Option(False, "--json", help=help)
+
+
+def cluster_option():
+    return typer.Option(None, "--cluster", help="run the images on a Dask cluster: local:N "
+                        "(N worker processes here, 1 thread each), tcp://HOST:PORT or "
+                        "scheduler-file:PATH; results equal a local run's")

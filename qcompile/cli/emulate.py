@@ -6,7 +6,14 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, json_option, preprocess_option, user_errors
+from qcompile.cli.common import (
+    app,
+    cluster_option,
+    images_progress,
+    json_option,
+    preprocess_option,
+    user_errors,
+)
 from qcompile.cli.common import echo_json as _echo_json
 
 
@@ -44,6 +51,7 @@ def emulate(
     dump: Optional[str] = typer.Option(None, "--dump", help="write each layer's output (npz) to DIR"),
     labels: Optional[str] = typer.Option(None, "--labels", help="class names (.tsv or .txt)"),
     batch: int = typer.Option(32, "--batch", help="images per evaluation batch (--data)"),
+    cluster: Optional[str] = cluster_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Run MODEL with every operation rounded into a float format (MPFR semantics).
@@ -66,7 +74,8 @@ def emulate(
     rep = run_emulation(model, cfg, image=image, data=data, limit=limit, preprocess=preprocess,
                         size=size, passes=passes, engine=engine, verify=verify, dump=dump,
                         labels=labels, batch=batch, log=lambda m: typer.echo(m, err=True),
-                        calib=calib, preset=preset)
+                        calib=calib, preset=preset, cluster=cluster,
+                        progress=images_progress if cluster else None)
     bad = rep.get("verify", {}).get("mismatches", 0)
     if as_json:
         _echo_json(rep)

@@ -77,7 +77,8 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
             dump: str | None = None, labels: str | None = None, batch: int = 32,
             fp32: bool = True, seed: int = 0, use_numba: bool = True,
             log: Callable[[str], None] = lambda m: None, calib: str | None = None,
-            preset: str | None = None) -> dict[str, Any]:
+            preset: str | None = None, cluster: str | None = None,
+            progress: Callable | None = None) -> dict[str, Any]:
     from qcompile.data import preprocess_from_options
     from qcompile.frontend import lift
 
@@ -85,6 +86,9 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         raise QCompileError("give exactly one of --image FILE or --data PATH")
     if verify < 0:
         raise QCompileError("--verify K: K must be >= 0")
+    if cluster and (verify or dump or image is not None):
+        raise QCompileError("--cluster: --verify, --dump and --image run on this machine; "
+                            "drop --cluster or those options")
     if preset is not None:
         from qcompile.driver.presets import preset_pipeline
 
@@ -110,17 +114,14 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     dumper = DumpListener(dump, cfg) if dump else None
     if dumper:
         listeners.append(dumper)
-    interp = Interpreter(graph, cfg, engine, listeners=listeners,
-                         **({"use_numba": use_numba} if engine == "fast" else {}))
+    kw = {"use_numba": use_numba} if engine == "fast" else {}
     t1 = time.perf_counter()
-    interp.prepare()
-    if engine == "fast":
-        interp.engine.A.warmup()
+    interp = None if cluster else _interpreter(graph, cfg, engine, listeners, kw)
     compile_s = time.perf_counter() - t1
     in_name = graph.inputs[0].name
     in_dtype = input_spec(float_graph.inputs[0]).dtype
     out_name = graph.outputs[0].name
-    sess = _fp32_session(float_graph) if fp32 else None
+    sess = _fp32_session(float_graph) if fp32 and not cluster else None
     names = None
     results, seconds, fp32_s = [], 0.0, 0.0
     n_ok = n_ok32 = n_agree = n_lab = 0
@@ -134,19 +135,18 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     if data is not None and skip.size:  # never evaluate on the calibration images
         eval_idx = np.setdiff1d(np.arange(len(ds), dtype=np.int64), skip)
         log(f"emulate: leaving out the {skip.size} calibration image(s) of {data}")
-    for bt in ds.batches(batch, limit=lim, indices=eval_idx):
-        if dumper:
-            dumper.start(int(bt.indices[0]), {in_name: bt.x})
-        t, l0 = time.perf_counter(), interp.listener_seconds
-        out = interp.run_numpy({in_name: bt.x})[out_name]
-        seconds += time.perf_counter() - t - (interp.listener_seconds - l0)
-        out = out.reshape(out.shape[0], -1)
-        ref = None
-        if sess is not None:
-            t = time.perf_counter()
-            ref = sess.run([out_name], {in_name: bt.x.astype(in_dtype)})[0]
-            ref = ref.reshape(ref.shape[0], -1).astype(np.float64)
-            fp32_s += time.perf_counter() - t
+    if cluster:
+        job = {"graph": graph, "float_graph": float_graph if fp32 else None, "cfg": cfg,
+               "engine": engine, "kw": kw, "data": data, "pre": pre, "batch": batch}
+        todo = cluster_batches(cluster, job, ds, batch, lim, eval_idx, stats, log, progress)
+    else:
+        todo = _local_batches(interp, sess, ds, batch, lim, eval_idx, dumper, in_name,
+                              in_dtype, out_name)
+    kernels = None
+    for bt, out, ref, secs, secs32, ks in todo:
+        seconds += secs
+        fp32_s += secs32
+        kernels = ks if kernels is None else {k: kernels[k] + v for k, v in ks.items()}
         if names is None:
             names = find_labels(out.shape[1], labels, model, data or image)
         for j in range(out.shape[0]):
@@ -172,20 +172,130 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         "model": str(model), "format": cfg.name, "config": cfg.to_json(),
         "describe": cfg.describe(), "engine": engine, "images": n,
         "seconds": seconds, "load_seconds": load_s, "compile_seconds": compile_s,
-        "fp32_seconds": fp32_s, "listener_seconds": interp.listener_seconds, "results": results, "layers": stats.report(),
+        "fp32_seconds": fp32_s, "listener_seconds": interp.listener_seconds if interp else 0.0,
+        "results": results, "layers": stats.report(),
     }
+    if cluster:
+        rep["cluster"] = cluster
     if engine == "fast":
-        rep["kernels"] = dict(interp.engine.A.kernel_stats)
+        rep["kernels"] = dict(interp.engine.A.kernel_stats) if interp else (kernels or {})
     if data is not None:
         rep["accuracy"] = {"top1": n_ok / n_lab if n_lab else None,
-                           "fp32_top1": n_ok32 / n_lab if (n_lab and sess) else None,
-                           "top1_agreement": n_agree / n if (n and sess) else None,
+                           "fp32_top1": n_ok32 / n_lab if (n_lab and fp32) else None,
+                           "top1_agreement": n_agree / n if (n and fp32) else None,
                            "labelled": n_lab}
     if verifier:
         rep["verify"] = verifier.report()
     if dumper:
         rep["dump"] = dumper.finish()
     return rep
+
+
+def _interpreter(graph, cfg: EmuConfig, engine: str, listeners: list, kw: dict) -> Interpreter:
+    """The emulator, prepared and (fast engine) with its kernels compiled."""
+    interp = Interpreter(graph, cfg, engine, listeners=listeners, **kw)
+    interp.prepare()
+    if engine == "fast":
+        interp.engine.A.warmup()
+    return interp
+
+
+def run_batch(interp: Interpreter, sess, x: np.ndarray, in_name: str, in_dtype, out_name: str
+              ) -> tuple[np.ndarray, np.ndarray | None, float, float]:
+    """One batch: (emulated logits [B, C], FP32 logits or None, emulation s, FP32 s); the
+    one evaluation step of local and cluster runs, so both compute the same bits."""
+    t, l0 = time.perf_counter(), interp.listener_seconds
+    out = interp.run_numpy({in_name: x})[out_name]
+    secs = time.perf_counter() - t - (interp.listener_seconds - l0)
+    out = out.reshape(out.shape[0], -1)
+    ref, secs32 = None, 0.0
+    if sess is not None:
+        t = time.perf_counter()
+        ref = sess.run([out_name], {in_name: x.astype(in_dtype)})[0]
+        ref = ref.reshape(ref.shape[0], -1).astype(np.float64)
+        secs32 = time.perf_counter() - t
+    return out, ref, secs, secs32
+
+
+def _local_batches(interp, sess, ds, batch, lim, eval_idx, dumper, in_name, in_dtype, out_name):
+    for bt in ds.batches(batch, limit=lim, indices=eval_idx):
+        if dumper:
+            dumper.start(int(bt.indices[0]), {in_name: bt.x})
+        k0 = _kstats(interp)
+        out, ref, secs, secs32 = run_batch(interp, sess, bt.x, in_name, in_dtype, out_name)
+        yield bt, out, ref, secs, secs32, {k: v - k0[k] for k, v in _kstats(interp).items()}
+
+
+def _kstats(interp) -> dict[str, int]:
+    return dict(getattr(getattr(interp.engine, "A", None), "kernel_stats", {}))
+
+
+def cluster_batches(spec: str, job: dict, ds, batch: int, lim: int | None, eval_idx, stats,
+                    log: Callable[[str], None], progress: Callable | None):
+    """The local loop's batches computed on a Dask cluster (:mod:`qcompile.driver.cluster`):
+    one shard per batch of the same images the local run batches together, so every logit
+    is the same bits; yields in image order; merges the workers' layer statistics into
+    ``stats``."""
+    import pickle
+    from types import SimpleNamespace
+
+    from qcompile.driver.cluster import job_key, open_cluster
+
+    idx = np.arange(len(ds), dtype=np.int64) if eval_idx is None else eval_idx
+    idx = idx[:lim] if lim is not None else idx
+    parts = [idx[i:i + batch] for i in range(0, idx.size, batch)]
+    with open_cluster(spec, log) as c:
+        shared = c.data_note(job["data"])
+        job = dict(job, data=str(Path(job["data"]).resolve()) if shared else None)
+        job["key"] = job_key(pickle.dumps(job, protocol=5))
+        shards = [{"indices": p} for p in parts]
+        if not shared:  # the client reads and ships every batch
+            for sh, bt in zip(shards, ds.batches(batch, indices=idx), strict=True):
+                sh.update(x=bt.x, labels=bt.labels)
+        res = c.map_shards(emulate_shard, shards, args=(c.broadcast(job),),
+                           sizes=[p.size for p in parts], progress=progress,
+                           desc=f"emulate {job['cfg'].name} on {len(c.workers)} workers")
+    for r in res:
+        for row in r["layers"]:
+            tot = stats.rows.setdefault(row["name"], dict(row, values=0, overflow=0,
+                                                           underflow=0))
+            for k in ("values", "overflow", "underflow"):
+                tot[k] += row[k]
+        yield (SimpleNamespace(indices=r["indices"], labels=r["labels"]), r["out"], r["ref"],
+               r["seconds"], r["fp32_seconds"], r["kernels"])
+
+
+def _worker_state(job: dict):
+    from qcompile.passes._feeds import input_spec
+
+    interp = _interpreter(job["graph"], job["cfg"], job["engine"], [], job["kw"])
+    fg = job["float_graph"]
+    sess = _fp32_session(fg) if fg is not None else None
+    ds = None
+    if job["data"] is not None:
+        ds = model_data(job["graph"], open_data(job["data"], job["pre"]), None)
+    return interp, sess, ds, input_spec(fg.inputs[0]).dtype if fg is not None else None
+
+
+def emulate_shard(shard: dict, job: dict) -> dict:
+    """On a worker: one batch of images through the emulator (built once per job) and FP32."""
+    from qcompile.driver.cluster import worker_cached
+
+    interp, sess, ds, in_dtype = worker_cached(job["key"], lambda: _worker_state(job))
+    g = job["graph"]
+    stats = LayerStats(job["cfg"])
+    interp.listeners = [stats]
+    if "x" in shard:
+        x, labels = shard["x"], shard["labels"]
+    else:
+        bt = next(iter(ds.batches(len(shard["indices"]), indices=shard["indices"])))
+        x, labels = bt.x, bt.labels
+    k0 = _kstats(interp)
+    out, ref, secs, secs32 = run_batch(interp, sess, x, g.inputs[0].name, in_dtype,
+                                       g.outputs[0].name)
+    return {"indices": shard["indices"], "labels": labels, "out": out, "ref": ref,
+            "seconds": secs, "fp32_seconds": secs32, "layers": stats.report(),
+            "kernels": {k: v - k0[k] for k, v in _kstats(interp).items()}}
 
 
 def _run_passes(graph, passes: str, calib: str | None, pre, seed: int,
