@@ -47,18 +47,55 @@ def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
+# Integer outputs of the QOperator and dynamic forms (#13): op -> (scale input, zero-point
+# input) of output 0, or None for integer accumulators (int32, one LSB = 1)
+QOPERATOR_OUTPUTS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7),
+                     "QLinearMul": (6, 7), "QLinearGlobalAveragePool": (3, 4),
+                     "QLinearSigmoid": (3, 4), "QLinearConcat": (0, 1), "QGemm": (7, 8),
+                     "ConvInteger": None, "MatMulInteger": None, "DynamicQuantizeLinear": None}
+
+
+def _qoperator_tensor(n, inits, types) -> QTensor | None:
+    idx = QOPERATOR_OUTPUTS[n.op_type]
+    if n.op_type == "DynamicQuantizeLinear":
+        return QTensor(n.output[0], np.zeros((0,), np.float32), np.zeros((), np.uint8), 2, None,
+                       n.op_type, n.input[0])
+    if idx is None:
+        return QTensor(n.output[0], np.ones((), np.float32), np.zeros((), np.int32), 6, None,
+                       n.op_type, n.output[0])
+    if len(n.input) <= idx[1] or n.input[idx[0]] not in inits:
+        return None  # e.g. QGemm without y_scale: a float output
+    zname = n.input[idx[1]]
+    zp = inits.get(zname, np.zeros((), np.uint8))
+    return QTensor(n.output[0], inits[n.input[idx[0]]], zp, types.get(zname, 2), None,
+                   n.op_type, n.output[0])
+
+
 def quantized_tensors(model: onnx.ModelProto) -> list[QTensor]:
-    """Every QuantizeLinear output with constant parameters, in graph order."""
+    """Every integer tensor with known parameters, in graph order: QuantizeLinear outputs
+    with constant scales, the outputs of QOperator ops (QLinearConv, com.microsoft QLinearAdd,
+    QGemm ...), DynamicQuantizeLinear codes and ConvInteger/MatMulInteger accumulators."""
     inits = _inits(model)
     types = {t.name: t.data_type for t in model.graph.initializer}
+    try:  # types of computed zero points (torch's ConstantOfShape -> Cast)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph.value_info
+        types.update({vi.name: vi.type.tensor_type.elem_type for vi in inferred})
+    except Exception:  # noqa: BLE001 - types are a refinement; the initializers stay
+        pass
     prod = {o: n.op_type for n in model.graph.node for o in n.output}
     out = []
     for n in model.graph.node:
+        if n.op_type in QOPERATOR_OUTPUTS:
+            t = _qoperator_tensor(n, inits, types)
+            if t is not None:
+                out.append(t)
+            continue
         if n.op_type != "QuantizeLinear" or n.input[1] not in inits:
             continue
         zname = n.input[2] if len(n.input) > 2 and n.input[2] else None
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        elem = int(attrs.get("output_dtype", 0)) or (types.get(zname, 2) if zname else 2)
+        elem = int(attrs.get("output_dtype", 0)) or types.get(n.output[0], 0) or (
+            types.get(zname, 2) if zname else 2)
         zp = inits.get(zname, np.zeros((), np.uint8)) if zname else np.zeros((), np.uint8)
         scale = inits[n.input[1]]
         out.append(QTensor(n.output[0], scale, zp, elem,
