@@ -3,7 +3,11 @@
 The float graph runs through the injected ``ctx.executor`` (ONNX Runtime exposing the
 intermediates) batch by batch; each observed value folds every batch into its streaming
 observer (:mod:`qcompile.numerics.observers`), so memory is O(bins) per value whatever the
-number of images. Then ``meta[RANGE] = Range(lo, hi, method)`` with
+number of images, and each executor run exposes a bounded slice of the observed values
+(:func:`exposure_chunks`: <= :data:`MAX_EXPOSED` values and <= :func:`exposed_budget` bytes,
+1/16 of ``QCOMPILE_MEMORY_BUDGET``), several runs per batch when a deep graph needs them, so
+peak memory does not grow with the depth of the graph.
+Then ``meta[RANGE] = Range(lo, hi, method)`` with
 
 * ``minmax``: ``[min x, max x]`` over all images;
 * ``percentile``: tails of mass ``1 - percentile/100`` clipped (see observers);
@@ -51,7 +55,7 @@ import numpy as np
 
 from qcompile.data.calibration import CALIB_KEY, write_record
 from qcompile.data.select import SELECT_MODES
-from qcompile.errors import OptionError, QCompileError
+from qcompile.errors import OptionError, QCompileError, memory_budget
 from qcompile.ir import RANGE, Graph, Range, Value
 from qcompile.numerics.observers import make_observer
 from qcompile.passes import checks
@@ -116,11 +120,14 @@ class Calibrate(Pass):
             st.count("classes_covered", info["classes"])
         bar = ctx.progress(total=total, desc="calibrate") if ctx.progress else None
         seen = 0
+        budget = exposed_budget()
         try:
             for feed, n in feeds:
-                outs = ctx.executor.run(graph, feed, values)
-                for v, arr in outs.items():
-                    observers[v].update(arr)
+                for chunk in exposure_chunks(values, n, budget):
+                    outs = ctx.executor.run(graph, feed, chunk)
+                    for v in chunk:
+                        observers[v].update(outs.pop(v))
+                    del outs  # free this chunk before the next run materialises another
                 seen += n
                 _advance(bar, n)
         finally:
@@ -217,6 +224,45 @@ def observed_values(graph: Graph) -> list[Value]:
             continue
         out.append(v)
     return out
+
+
+#: Values exposed per executor run: at most this many, and at most :func:`exposed_budget`
+#: bytes by their static shapes (so ORT never holds every intermediate of a deep graph at once).
+MAX_EXPOSED = 256
+
+
+def exposed_budget() -> int:
+    """Bytes of intermediates one executor run may expose: 1/16 of the memory budget
+    (:func:`qcompile.errors.memory_budget`; 256 MiB at the default 4 GiB)."""
+    return max(1 << 20, memory_budget() // 16)
+
+
+def value_bytes(v: Value, rows: int) -> int:
+    """Size of ``v`` for a batch of ``rows`` by its static type: the leading symbolic dim is
+    the batch, other symbolic or unknown dims count 1 (the count cap bounds those)."""
+    shape = v.type.shape or ()
+    n = 1
+    for i, d in enumerate(shape):
+        n *= d if isinstance(d, int) and d >= 0 else (rows if i == 0 else 1)
+    try:
+        return n * v.type.dtype.to_numpy().itemsize
+    except TypeError:  # no numpy dtype (observed values are float, so not expected)
+        return n * 8
+
+
+def exposure_chunks(values: list[Value], rows: int, budget: int) -> list[list[Value]]:
+    """``values`` in graph order, cut into runs of <= :data:`MAX_EXPOSED` values and
+    <= ``budget`` bytes (a value larger than the budget alone gets a run of its own)."""
+    chunks: list[list[Value]] = [[]]
+    used = 0
+    for v in values:
+        b = value_bytes(v, rows)
+        if chunks[-1] and (used + b > budget or len(chunks[-1]) >= MAX_EXPOSED):
+            chunks.append([])
+            used = 0
+        chunks[-1].append(v)
+        used += b
+    return chunks
 
 
 def _check_shape(v: Value, x: np.ndarray, source: str) -> None:

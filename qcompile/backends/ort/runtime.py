@@ -35,10 +35,15 @@ def providers_for(device: str) -> list[str]:
 
 def session(model: onnx.ModelProto | str | os.PathLike, *, device: str = "cpu",
             opt_level: str = "all", threads: int = 0,
-            optimized_model_path: str | None = None) -> ort.InferenceSession:
+            optimized_model_path: str | None = None,
+            arena: bool = True) -> ort.InferenceSession:
+    """``arena=False``: no CPU memory arena, so a run's buffers go back to the allocator when
+    it returns instead of staying reserved for the session's lifetime."""
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[opt_level]
     so.log_severity_level = 3
+    if not arena:
+        so.enable_cpu_mem_arena = False
     if threads:
         so.intra_op_num_threads = threads
     if optimized_model_path:
