@@ -38,6 +38,7 @@ from qcompile.frontend.proto import (
     skeleton,
     type_of,
 )
+from qcompile.frontend.quant_forms import normalize_quant_forms
 from qcompile.ir import DType, Graph, Node, TensorType
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "LiftWarning", "OpaqueAttr", "attr_value", "lift",
@@ -126,6 +127,10 @@ def lift(model: onnx.ModelProto | str | os.PathLike, *, name: str | None = None,
     g = _translate(model, opsets, name or model.graph.name or "graph", inferred.graph.value_info)
     if source != target:
         g.model_props[SOURCE_OPSET] = str(source)
+    qf = normalize_quant_forms(g)  # torch/ORT quantised idioms -> explicit QDQ (#13)
+    if any(qf.values()):
+        warn(f"lift: {src}: {qf['folded_params']} computed quantisation parameters folded to "
+             f"constants, {qf['casts_removed']} identity Casts between Q and DQ removed")
     return g
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from qcompile.backends.mpfr import Interpreter, make_config
 from qcompile.backends.mpfr.ops_qdq_fuse import exact_integer_graph
 from qcompile.backends.ort.intermediates import IntermediateRunner
+from qcompile.data.model_input import ModelInput
 from qcompile.driver.context import open_data
 from qcompile.driver.verify.compare import FloatCmp, TensorCmp
 from qcompile.errors import QCompileError
@@ -58,6 +59,14 @@ class VerifySession:
     # ------------------------------------------------------------------ data
     def open_data(self, data, preprocess: str, limit: int | None, log: Callable[[str], None]):
         ds = open_data(data, preprocess, log=log)
+        # fed as the model declares its input: dtype (uint8 raw pixels) and layout (NHWC);
+        # never resized (a size mismatch stays the one-line error of check_input)
+        t = self.input.type
+        spec = ModelInput(self.input.name, None if t.shape is None else tuple(t.shape),
+                          str(np.dtype(t.dtype.to_numpy())))
+        if spec.layout == "NCHW":
+            spec = ModelInput(spec.name, None, spec.dtype)
+        ds = ds.for_model(spec, log=log)
         n = len(ds) if limit is None else min(len(ds), max(int(limit), 0))
         if n == 0:
             raise QCompileError(f"data: no images in {ds.source} (--limit {limit})")
@@ -79,7 +88,7 @@ class VerifySession:
     # ------------------------------------------------------------------ runs
     def run_exact(self, x: np.ndarray) -> dict[str, np.ndarray]:
         self._captured = {}
-        outs = self.interp.run({self.input.name: np.asarray(x, np.float32)})
+        outs = self.interp.run({self.input.name: np.asarray(x)})
         got = dict(self._captured)
         for k, v in outs.items():
             got[k] = self.interp.engine.to_numpy(v) if np.asarray(v).dtype == object else v
@@ -87,7 +96,7 @@ class VerifySession:
             if np.asarray(v).dtype == object:
                 got[k] = self.interp.engine.to_numpy(v)
         if self.input.name in self._want:
-            got.setdefault(self.input.name, np.asarray(x, np.float32))
+            got.setdefault(self.input.name, np.asarray(x))
         return got
 
     def run_isolated(self, x: np.ndarray, ort: dict) -> dict[str, np.ndarray]:
@@ -106,7 +115,7 @@ class VerifySession:
                 elif v.name in self.qinfo and v.name in ort:
                     args.append(np.asarray(ort[v.name]))
                 elif v.producer is None and v.name == self.input.name:
-                    args.append(E.convert(np.asarray(x, np.float32)))
+                    args.append(E.convert(np.asarray(x)))
                 else:
                     args.append(env[v])
             while args and args[-1] is None:

@@ -1,0 +1,83 @@
+"""Models quantised by other tools (issue 13): ONNX Runtime's quantize_static (QDQ and
+QOperator, per tensor / per channel, U8S8 / S8S8, with and without reduce_range) and
+quantize_dynamic of zoo models, and a torch-QAT-shaped QDQ graph (Q -> Cast -> DQ,
+ConstantOfShape -> Cast zero points, uint8 input normalised in-graph): each lifts, verifies
+within 1 LSB (ORT's float32 requantisation) and its integer tensors are compared."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from benchmarks._ortq import ort_quantized
+from qcompile.driver.verify import verify_model
+from qcompile.frontend import lift
+from qcompile.frontend.quant_forms import normalize_quant_forms
+from qcompile.testing import zoo
+from qcompile.testing.quantized import torch_qat_model
+
+CASES = [dict(fmt=f, per_channel=pc, activations=a, reduce_range=rr)
+         for f in ("QDQ", "QOperator") for pc in (False, True)
+         for a, rr in (("uint8", False), ("uint8", True), ("int8", False))]
+
+
+@pytest.fixture(scope="module")
+def float_model():
+    return zoo.mini_resnet(fold_bn=True)
+
+
+def _data(tmp_path, shape=(4, 3, 16, 16)):
+    p = tmp_path / "x.npy"
+    np.save(p, np.random.default_rng(1).standard_normal(shape).astype(np.float32))
+    return str(p)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_ort_static_models_verify(tmp_path, float_model, case):
+    q = ort_quantized(float_model, **case)
+    path = tmp_path / "q.onnx"
+    onnx.save(q, path)
+    g = lift(path)
+    ops = {n.op for n in g.nodes}
+    assert ("QLinearConv" in ops) == (case["fmt"] == "QOperator")
+    r = verify_model(str(path), _data(tmp_path), isolate=True)
+    # every Conv/Add/GAP/Gemm output is an integer tensor compared, not only the input Q
+    assert len(r.tensors) >= 10
+    assert r.verdict in ("bit-exact", "within 1 LSB"), r.to_json()["layers"]
+    assert max(t.max_lsb for t in r.isolated) <= 1
+
+
+def test_ort_dynamic_model_verifies(tmp_path, float_model):
+    q = ort_quantized(float_model, dynamic=True)
+    path = tmp_path / "d.onnx"
+    onnx.save(q, path)
+    r = verify_model(str(path), _data(tmp_path))
+    ops = {t.op for t in r.tensors}
+    assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= ops
+    assert r.verdict == "bit-exact"  # integer codes and exact accumulators
+
+
+def test_torch_qat_idioms_lift_to_plain_qdq(tmp_path):
+    m = torch_qat_model()
+    g = lift(m)
+    ops = [n.op for n in g.nodes]
+    assert "ConstantOfShape" not in ops  # zero points folded to constants
+    for n in g.nodes:
+        if n.op == "DequantizeLinear" and not n.inputs[0].is_const:
+            assert n.inputs[0].producer.op == "QuantizeLinear"  # the Cast is gone
+        if n.op in ("QuantizeLinear", "DequantizeLinear"):
+            assert all(v is None or v.is_const for v in n.inputs[1:])
+    assert ops.count("Cast") == 1  # the uint8 image -> float cast stays
+    assert normalize_quant_forms(g) == {"folded_params": 0, "casts_removed": 0}  # idempotent
+    path = tmp_path / "qat.onnx"
+    onnx.save(m, path)
+    imgs = tmp_path / "img.npz"
+    np.savez(imgs, images=np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), np.uint8))
+    r = verify_model(str(path), str(imgs), isolate=True)
+    assert r.exact_stats["fused"] == {"QLinearConv": 1}
+    # the in-graph normalisation runs in float32 on ORT and exactly here: departures are
+    # confined to near-ties of the input quantisation, 1 LSB
+    assert r.verdict == "within 1 LSB"
+    iso = {t.name: t for t in r.isolated}
+    assert iso["y_q"].max_lsb <= 1
