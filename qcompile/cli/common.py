@@ -25,19 +25,107 @@ def err(msg: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+#: CLI-level bounds of the numeric options, by parameter name: (flag, lowest, highest); None
+#: is open. Checked by :func:`user_errors` before the command runs, so every command gets them
+#: with one spelling (format parameters beyond these are the numerics' own checks).
+OPTION_BOUNDS: dict[str, tuple[str, int | None, int | None]] = {
+    "seed": ("--seed", 0, 2**32 - 1),
+    "size": ("--size", 8, 4096),
+    "limit": ("--limit", 1, None),
+    "batch": ("--batch", 1, 65536),
+    "bits": ("--bits", 3, 64),
+    "exp_bits": ("--exp-bits", 2, 16),
+    "threads": ("--threads", 0, 1024),
+    "verify": ("--verify", 0, 10**6),
+    "calib_images": ("--calib-images", 1, None),
+}
+
+#: Set by the global ``--debug`` flag (or QCOMPILE_DEBUG=1): internal errors print their traceback.
+DEBUG = {"on": False}
+
+
+@app.callback()
+def _global(debug: bool = typer.Option(False, "--debug", help="on an internal error, print "
+                                       "the traceback (for a bug report)")) -> None:
+    """qcompile: quantise CNNs as a compiler does. ONNX in -> IR -> passes -> ONNX Runtime or MPFR."""
+    import os
+
+    DEBUG["on"] = debug or os.environ.get("QCOMPILE_DEBUG", "") not in ("", "0")
+
+
+def check_bounds(values: dict[str, Any]) -> None:
+    """Raise OptionError naming the flag and its range for an out-of-range numeric option."""
+    from qcompile.errors import OptionError
+
+    for name, (flag, lo, hi) in OPTION_BOUNDS.items():
+        v = values.get(name)
+        if v is None or isinstance(v, bool) or not isinstance(v, int):
+            continue
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise OptionError(f"{flag} {v} is out of range; give a value in {rng}")
+
+
+def _node_of(exc: BaseException) -> str:
+    """' at node NAME (OP)' for the innermost frame of ``exc``'s traceback holding an IR node
+    in a local ``node``, else ''."""
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("node")
+        if node is not None and hasattr(node, "op") and hasattr(node, "name"):
+            where = f" at node {node.name!r} ({node.op})"
+        tb = tb.tb_next
+    return where
+
+
+def internal_error(e: BaseException) -> typer.Exit:
+    """One line for a bug (exit 1); the traceback only with --debug."""
+    import traceback
+
+    from qcompile.errors import InternalError, one_line
+
+    if DEBUG["on"]:
+        traceback.print_exception(type(e), e, e.__traceback__)
+    cause = e.__cause__ if isinstance(e, InternalError) and e.__cause__ is not None else e
+    text = str(e)
+    if isinstance(e, InternalError) and text.startswith("pass '"):
+        name, _, rest = text[len("pass '"):].partition("'")
+        where = f"internal error in pass '{name}'{_node_of(cause)}"
+        text = rest.lstrip(" :")
+    else:
+        where = f"internal error{_node_of(cause)}"
+        text = f"{type(e).__name__}: {text}"
+    hint = "" if DEBUG["on"] else " with --debug output"
+    return err(one_line(f"{where} (a bug: please report it{hint}): {text}"), 1)
+
+
 def user_errors(fn):
-    """Turn QCompileError / DataError into one line on stderr and exit code 2."""
+    """Turn QCompileError / DataError into one line on stderr and exit code 2; a bug
+    (any other exception, e.g. a pass's PassError) into one line saying so and exit code 1
+    (``--debug``: with the traceback); out-of-range numeric options (:data:`OPTION_BOUNDS`)
+    are refused before the command runs."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import click
+
         from qcompile.data import DataError
 
         try:
+            check_bounds(kwargs)
             return fn(*args, **kwargs)
         except (QCompileError, DataError) as e:
             raise err(str(e), getattr(e, "exit_code", 2)) from None
         except KeyboardInterrupt:
             raise err("interrupted", 130) from None
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except MemoryError:
+            raise err("out of memory: the input needs more memory than this machine has "
+                      "(fewer images, a smaller --batch or a smaller model)", 2) from None
+        except Exception as e:
+            raise internal_error(e) from None
 
     return wrapper
 

@@ -39,6 +39,13 @@ from qcompile.frontend.proto import (
     type_of,
 )
 from qcompile.frontend.quant_forms import normalize_quant_forms
+from qcompile.frontend.validate import (
+    check_external,
+    check_finite,
+    check_model_file,
+    check_structure,
+    check_tensors,
+)
 from qcompile.ir import DType, Graph, Node, TensorType
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "LiftWarning", "OpaqueAttr", "attr_value", "lift",
@@ -60,6 +67,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"model: {p} does not exist; check the path")
     if p.is_dir():
         raise ModelError(f"model: {p} is a folder; give the .onnx file inside it")
+    check_model_file(p)
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends: not a model
@@ -74,15 +82,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         has_external = True
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        target = (base / loc).resolve()
-        if os.path.isabs(loc) or os.path.commonpath([base, target]) != str(base):
-            raise ModelError(f"model: {p}: tensor {t.name!r} points to external data {loc!r} "
-                             f"outside the model's folder {base}; move the data file next to "
-                             "the model and re-save it")
-        if not target.is_file():
-            raise ModelError(f"model: {p}: external data file {loc!r} for tensor {t.name!r} is "
-                             f"missing; copy it next to the model")
+        check_external(t, p, base)  # inside the folder, a regular file, offset/length fit
     if has_external:
         try:
             external_data_helper.load_external_data_for_model(model, str(base))
@@ -108,6 +108,7 @@ def lift(model: onnx.ModelProto | str | os.PathLike, *, name: str | None = None,
             if t.data_location == onnx.TensorProto.EXTERNAL:
                 raise ModelError(f"model: {src}: tensor {t.name!r} has its data in an external "
                                  "file that is not loaded; lift the .onnx path instead")
+    check_tensors(model, src)  # payloads match dims and types before any array is built
     source = _opsets.default_opset(model, src)
     target = _opsets.target_opset(source, src)
     # Checked before converting: the converter is C++ and trusts its input.
@@ -118,6 +119,7 @@ def lift(model: onnx.ModelProto | str | os.PathLike, *, name: str | None = None,
     sk = skeleton(model)
     if source != target:
         _check(sk, src, f" after onnx.version_converter converted opset {source} -> {target}")
+    check_structure(sk, src)  # strict shape inference and the per-node rules ORT enforces
     try:
         inferred = onnx.shape_inference.infer_shapes(sk, strict_mode=False, data_prop=True)
     except Exception as e:
@@ -140,6 +142,10 @@ def _check(sk: onnx.ModelProto, src: str, where: str) -> None:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"model: {src} is not a valid ONNX model{where}: {first}") from None
+
+
+# Ops whose weights (inputs after the first) must be finite: quantisation ranges need it.
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
 
 
 def _fresh(taken: set[str], node: onnx.NodeProto, index: int) -> str:
@@ -172,8 +178,12 @@ def _translate(model: onnx.ModelProto, opsets: dict[str, int], name: str,
         types[vi.name] = type_of(vi.type)
 
     env = {}
+    weights = {i: n for n in g_proto.node if n.op_type in _WEIGHTED for i in n.input[1:]}
     for t in g_proto.initializer:
-        env[t.name] = g.add_const(t.name, *initializer_array(t))
+        arr, dt = initializer_array(t)
+        if t.name in weights:
+            check_finite(t.name, arr, weights[t.name])
+        env[t.name] = g.add_const(t.name, arr, dt)
     for t in g_proto.sparse_initializer:
         raise ModelError(f"model: sparse initializer {t.values.name!r} is not supported; "
                          "densify it first")

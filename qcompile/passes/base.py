@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from qcompile.errors import QCompileError
+from qcompile.errors import InternalError, QCompileError
 from qcompile.ir import Graph, Value
 
 
@@ -63,8 +63,9 @@ class PassContext:
     log: Callable[[str], None] = lambda msg: None
 
 
-class PassError(Exception):
-    """A pass crashed (an internal error, not a user mistake); names the pass and the history."""
+class PassError(InternalError):
+    """A pass crashed (an internal error, not a user mistake); names the pass and the history.
+    The CLI reports it in one line with exit code 1 (``--debug``: the traceback)."""
 
 
 class PreconditionError(QCompileError):

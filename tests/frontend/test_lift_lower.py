@@ -3,6 +3,7 @@ atomic saving."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat
@@ -453,10 +454,11 @@ def test_save_model_failed_rename_leaves_existing_file(tmp_path, monkeypatch):
     target.write_bytes(b"previous contents")
 
     def fail(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "disk full")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    # an OSError while writing is one line naming the file and the cause (#18)
+    with pytest.raises(QCompileError, match="out.onnx.*the disk is full"):
         save_model(lower(lift(zoo_model("conv_bn_relu"))), target)
     monkeypatch.undo()
     assert target.read_bytes() == b"previous contents"

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from onnx import AttributeProto, helper
 
+from qcompile.backends.ort.guard import ort_guard
 from qcompile.backends.ort.lower import lower
 from qcompile.backends.ort.runtime import session
 from qcompile.ir import DType, Graph, Value
@@ -81,7 +82,8 @@ class OrtExecutor:
     def run(self, graph: Graph, feeds: Mapping[str, np.ndarray],
             outputs: Sequence[Value]) -> dict[Value, np.ndarray]:
         sess = self._session(graph, outputs)
-        arrays = sess.run([v.name for v in outputs], dict(feeds))
+        with ort_guard("running the model"):
+            arrays = sess.run([v.name for v in outputs], dict(feeds))
         return dict(zip(outputs, arrays, strict=True))
 
 

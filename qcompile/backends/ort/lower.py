@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -97,7 +98,41 @@ def _tensor(v: Value) -> onnx.TensorProto:
     return to_tensor(v.const, v.name, v.type.dtype)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, check: bool = True) -> Path:
     """Write ``model`` atomically (:func:`qcompile.files.atomic_write`: a temp file in the
-    target folder, then rename over ``path``)."""
-    return atomic_write(path, model.SerializeToString(), "output")
+    target folder, then rename over ``path``).
+
+    ``check``: before the rename, the written file must pass ``onnx.checker`` with strict shape
+    inference and load into an ONNX Runtime session (and run once on zeros when its input
+    shapes are static but for the batch), so a successful save means a file ORT can run."""
+    return atomic_write(path, model.SerializeToString(), "output",
+                        check=check_saved_model if check else None)
+
+
+def check_saved_model(path: Path) -> None:
+    """Raise a one-line QCompileError unless the ONNX file at ``path`` is usable (see
+    :func:`save_model`)."""
+    from qcompile.backends.ort.runtime import run, session
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # ValidationError, InferenceError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QCompileError(f"lowering produced a model that fails onnx.checker with strict "
+                            f"shape inference, so it was not written: {first}") from None
+    sess = session(path)
+    feeds = {}
+    for i in sess.get_inputs():
+        dims = [d if isinstance(d, int) else (1 if k == 0 else None) for k, d in enumerate(i.shape)]
+        kind = _ORT_TYPES.get(i.type)
+        if kind is None or None in dims or np.prod(dims, dtype=np.int64) > _PROBE_ELEMENTS:
+            return  # symbolic spatial dims or an unusual input: the session check is all we do
+        feeds[i.name] = np.zeros(dims, kind)
+    run(sess, feeds)
+
+
+# ORT input type strings -> numpy, for the probe run; inputs beyond 16 M elements skip it.
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+              "tensor(double)": np.float64, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_PROBE_ELEMENTS = 1 << 24

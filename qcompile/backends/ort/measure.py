@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from qcompile.backends.ort.guard import ort_guard
 from qcompile.backends.ort.runtime import OPT_LEVELS
 from qcompile.errors import QCompileError
 
@@ -104,13 +105,15 @@ class ModelRunner:
         self.input_shape = [d if isinstance(d, int) else None for d in self.input.shape]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.sess.run([self.output], {self.input.name: x})[0]
+        with ort_guard(f"running {self.path}"):
+            return self.sess.run([self.output], {self.input.name: x})[0]
 
     def latency_ms(self, x: np.ndarray, *, warmup: int = 3, iters: int = 20,
                    min_seconds: float = 0.5) -> float:
         feed = {self.input.name: x}
         for _ in range(warmup):
-            self.sess.run([self.output], feed)
+            with ort_guard(f"running {self.path}"):
+                self.sess.run([self.output], feed)
         times = []
         start = time.perf_counter()
         while len(times) < iters or time.perf_counter() - start < min_seconds:
@@ -128,8 +131,9 @@ def optimized_op_counts(model: onnx.ModelProto | str | os.PathLike, *,
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "optimized.onnx")
-        ort.InferenceSession(src, session_options(opt_level, optimized=out),
-                             providers=["CPUExecutionProvider"])
+        with ort_guard("loading the model"):
+            ort.InferenceSession(src, session_options(opt_level, optimized=out),
+                                 providers=["CPUExecutionProvider"])
         opt = onnx.load(out)
     return Counter((f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type
                    for n in opt.graph.node)
@@ -140,9 +144,10 @@ def node_providers(path: str | os.PathLike, feed: np.ndarray, *, device: str = "
     """``{node name: execution provider}`` for one run, read from an ORT profile."""
     model = read_model(path)
     provs = providers(device, int8=is_qdq_model(model) if int8 is None else int8)
-    sess = ort.InferenceSession(model.SerializeToString(), session_options(profile=True),
-                                providers=provs)
-    sess.run(None, {sess.get_inputs()[0].name: feed})
+    with ort_guard(f"running {path}"):
+        sess = ort.InferenceSession(model.SerializeToString(), session_options(profile=True),
+                                    providers=provs)
+        sess.run(None, {sess.get_inputs()[0].name: feed})
     prof = sess.end_profiling()
     try:
         with open(prof) as f:

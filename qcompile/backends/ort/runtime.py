@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from qcompile.backends.ort.guard import ort_guard
 from qcompile.errors import QCompileError
 
 # --opt-level names -> ORT graph optimisation levels (shared with measure.py)
@@ -49,11 +50,13 @@ def session(model: onnx.ModelProto | str | os.PathLike, *, device: str = "cpu",
     if optimized_model_path:
         so.optimized_model_filepath = optimized_model_path
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, so, providers=providers_for(device))
+    with ort_guard("loading the model"):
+        return ort.InferenceSession(src, so, providers=providers_for(device))
 
 
 def run(model: onnx.ModelProto | ort.InferenceSession, feeds: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     sess = model if isinstance(model, ort.InferenceSession) else session(model)
     names = list(outputs) if outputs is not None else [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, dict(feeds))))
+    with ort_guard("running the model"):
+        return dict(zip(names, sess.run(names, dict(feeds))))
