@@ -81,3 +81,27 @@ def test_torch_qat_idioms_lift_to_plain_qdq(tmp_path):
     assert r.verdict == "within 1 LSB"
     iso = {t.name: t for t in r.isolated}
     assert iso["y_q"].max_lsb <= 1
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[5]],
+                         ids=["qdq-rr", "qdq-pc", "qop-pt-s8"])
+def test_inspect_shows_the_scheme(tmp_path, float_model, case):
+    from qcompile.driver.inspect import inspect_model
+
+    path = tmp_path / "q.onnx"
+    onnx.save(ort_quantized(float_model, **case), path)
+    q = inspect_model(str(path))["quantization"]
+    convs = [la for la in q["layers"] if la["op"] in ("Conv", "QLinearConv")]
+    assert len(convs) == 6
+    for la in convs:
+        assert la["activations"] == case["activations"] and la["weights"] == "int8"
+        assert la["granularity"] == ("per-channel" if case["per_channel"] else "per-tensor")
+        assert la["reduce_range"] == case["reduce_range"] and la["symmetric"]
+    assert q["ort_kernels"].get("com.microsoft.QLinearConv", 0) + q["ort_kernels"].get(
+        "QLinearConv", 0) == 6
+
+
+def test_float_model_has_no_scheme(float_model):
+    from qcompile.driver.inspect import inspect_model
+
+    assert "quantization" not in inspect_model(float_model)

@@ -55,3 +55,18 @@ def inspect(
                       f"{la['params']:,}", f"{la['macs']:,}")
         con.print(t)
     con.print(f"total: {report['total_macs']:,} MACs ({report['gmacs']:.3f} G)")
+    q = report.get("quantization")
+    if q:
+        t = Table(title="quantisation scheme", show_edge=False)
+        for c in ("layer", "op", "form", "weights", "activations", "granularity", "symmetric",
+                  "reduce_range"):
+            t.add_column(c)
+        for la in q["layers"]:
+            t.add_row(la["name"], la["op"], la["form"], la["weights"], la["activations"] or "-",
+                      la["granularity"], "yes" if la["symmetric"] else "no",
+                      "yes" if la["reduce_range"] else "no")
+        con.print(t)
+        con.print("ORT kernels: " + (", ".join(f"{k}={v}" for k, v in q["ort_kernels"].items())
+                                     or "-") + f" (CPU: {q['cpu']})")
+        for w in q["warnings"]:
+            con.print(f"warning: {w}")

@@ -92,4 +92,18 @@ def inspect_model(model, log=lambda m: None) -> dict:
     """:func:`inspect_graph` of the lifted ``model`` (a path or ModelProto)."""
     from qcompile.frontend import lift
 
-    return inspect_graph(lift(model, warn=log))
+    graph = lift(model, warn=log)
+    report = inspect_graph(graph)
+    from qcompile.driver.quant_scheme import quant_scheme
+
+    if quant_scheme(graph) is not None:  # quantised: the scheme and ORT's fused kernels (#13)
+        from qcompile.backends.ort.cpu import detect_cpu
+        from qcompile.backends.ort.measure import optimized_op_counts
+
+        try:
+            kernels = optimized_op_counts(model)
+        except Exception as e:  # noqa: BLE001 - the scheme stands without ORT's view
+            log(f"inspect: ONNX Runtime cannot load the model ({str(e).splitlines()[0]})")
+            kernels = None
+        report["quantization"] = quant_scheme(graph, kernels=kernels, cpu=detect_cpu())
+    return report
