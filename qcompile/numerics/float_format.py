@@ -79,6 +79,7 @@ __all__ = [
     "parse_format",
     "MPFR_EMIN_MIN",
     "MPFR_EMAX_MAX",
+    "MAX_EXPONENT",
 ]
 
 # MPFR's exponent limits on 64-bit builds (mpfr_get_emin_min / mpfr_get_emax_max).
@@ -89,6 +90,10 @@ MPFR_DEFAULT_EMIN = 1 - 2**30
 MPFR_DEFAULT_EMAX = 2**30 - 1
 MAX_BITS = 64
 MAX_PRECISION = 64
+# Largest |emin|, |emax| accepted: MPFR takes up to 2**62, but the exact rational bounds
+# (max_finite_exact = m * 2**emax, quanta) are Python integers of |e| bits, so 2**20 keeps
+# them under a megabit (binary256 needs 2**18); 10**11 would take minutes and gigabytes.
+MAX_EXPONENT = 2**20
 
 
 class FormatError(ValueError):
@@ -220,6 +225,11 @@ class FloatFormat:
                 raise _fail(f"impossible format: emin={emin} > emax={emax}")
             if emin < MPFR_EMIN_MIN or emax > MPFR_EMAX_MAX:
                 raise _fail(f"impossible format: exponent range [{emin}, {emax}] exceeds MPFR's")
+            for nm, v in (("emin", emin), ("emax", emax)):
+                if not -MAX_EXPONENT <= v <= MAX_EXPONENT:
+                    raise _fail(f"format field {nm}={v} is outside the supported range "
+                                f"[-{MAX_EXPONENT}, {MAX_EXPONENT}]; give a smaller exponent "
+                                "range, or emin=none,emax=none for MPFR's default range")
             if self.subnormal and emax < emin + p - 1:
                 raise _fail(
                     f"impossible format: with subnormals the top binade 2^{emax} has fewer than "

@@ -160,6 +160,8 @@ class Interpreter:
         for v, i in last.items():
             if v not in keep and not v.is_const:
                 self._free_after[i].append(v)
+        for i, n in enumerate(nodes):  # outputs nobody reads: dropped right after their node
+            self._free_after[i].extend(o for o in n.outputs if o not in last and o not in keep)
 
     def unsupported(self) -> dict[str, list[str]]:
         """{op or op-with-reason: [node names]} for every node this engine cannot run."""
