@@ -84,7 +84,7 @@ def test_torch_qat_idioms_lift_to_plain_qdq(tmp_path):
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[5]],
-                         ids=["qdq-rr", "qdq-pc", "qop-pt-s8"])
+                         ids=["qdq-u8s8-rr", "qdq-pc-u8s8", "qdq-pc-s8s8"])
 def test_inspect_shows_the_scheme(tmp_path, float_model, case):
     from qcompile.driver.inspect import inspect_model
 
@@ -97,8 +97,12 @@ def test_inspect_shows_the_scheme(tmp_path, float_model, case):
         assert la["activations"] == case["activations"] and la["weights"] == "int8"
         assert la["granularity"] == ("per-channel" if case["per_channel"] else "per-tensor")
         assert la["reduce_range"] == case["reduce_range"] and la["symmetric"]
-    assert q["ort_kernels"].get("com.microsoft.QLinearConv", 0) + q["ort_kernels"].get(
-        "QLinearConv", 0) == 6
+    k = q["ort_kernels"]
+    fused = k.get("com.microsoft.QLinearConv", 0) + k.get("QLinearConv", 0)
+    # every Conv runs fused or as DQ -> float Conv -> Q, and inspect says which
+    assert fused + k.get("Conv", 0) == 6
+    if case["activations"] == "uint8":
+        assert fused == 6
 
 
 def test_float_model_has_no_scheme(float_model):
