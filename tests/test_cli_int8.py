@@ -41,7 +41,7 @@ def test_run_ort_int8_adds_quantize_with_cpu_defaults(files, tmp_path, passes):
     model, data = files
     out = tmp_path / "q.onnx"
     r = invoke("run", model, "--passes", passes, "--target", "ort-int8", "--calib", data,
-               "--cpu", "avx2", "-o", out, "--json")
+               "--preprocess", "none", "--cpu", "avx2", "-o", out, "--json")
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert rep["pipeline"].endswith("quantize{reduce_range=true}")
@@ -55,6 +55,7 @@ def test_eval_and_compare_reports(files, tmp_path):
     model, data = files
     out = tmp_path / "q.onnx"
     r = invoke("run", model, "-p", "fold,calibrate{images=16}", "-t", "ort-int8", "--calib", data,
+               "--preprocess", "none",
                "-o", out)
     assert r.exit_code == 0, r.output
     assert "QLinearConv=6" in r.stderr and "calibrate: 16 of 40 images" in r.stderr

@@ -189,8 +189,13 @@ def _rate_columns(unit: str) -> tuple:
 
 # ---------------------------------------------------------------------------------------------
 # Shared options: one spelling, default and help text for what every command means the same way.
+PREPROCESS_HELP = ("imagenet|cifar|lite0|none. Default: what the model records (models written "
+                   "by `qcompile run`) or describes; uint8 images without either are refused "
+                   "(none = raw 0..255 pixels). Images are resized to a fixed model input.")
+
+
 def preprocess_option():
-    return typer.Option("none", "--preprocess", help="imagenet|cifar|lite0|none")
+    return typer.Option(None, "--preprocess", help=PREPROCESS_HELP, show_default=False)
 
 
 def json_option(help: str = "machine-readable report"):
@@ -201,3 +206,87 @@ def cluster_option():
     return typer.Option(None, "--cluster", help="run the images on a Dask cluster: local:N "
                         "(N worker processes here, 1 thread each), tcp://HOST:PORT or "
                         "scheduler-file:PATH; results equal a local run's")
+
+
+def data_option(help: str = "labelled images: .npz/.npy or class folders", required: bool = True):
+    return typer.Option(... if required else None, "--data", help=help)
+
+
+def calib_option(help: str = "calibration data: .npz/.npy, image folder or image"):
+    return typer.Option(None, "--calib", help=help)
+
+
+def limit_option(default: int | None = None, what: str = "images"):
+    return typer.Option(default, "--limit", help=f"at most N {what}: a seeded class-stratified "
+                        "draw (--seed) of the held-out images, recorded in --json")
+
+
+def seed_option(help: str = "random seed (--limit draw, calibration image choice)"):
+    return typer.Option(0, "--seed", help=help)
+
+
+def batch_option(default: int = 64, help: str = "images per batch (does not change results)"):
+    return typer.Option(default, "--batch", help=help)
+
+
+def dump_option(help: str = "write each layer's output to this folder"):
+    """``--dump DIR`` everywhere (run's old ``--dump-dir``: :func:`alias_option`)."""
+    return typer.Option(None, "--dump", help=help)
+
+
+def format_option(default: str | None = None, help: str = "number format"):
+    """``--format F`` everywhere (sweep's old ``--arith``: :func:`alias_option`)."""
+    return typer.Option(default, "--format", help=help)
+
+
+def alias_option(old: str):
+    """An old spelling kept working but not shown in --help; merge it with :func:`merged`."""
+    return typer.Option(None, old, hidden=True)
+
+
+def merged(new, old, new_flag: str, old_flag: str, default=None):
+    """The value of an option given under its name or its hidden old spelling (not both)."""
+    from qcompile.errors import OptionError
+
+    if old is not None and new not in (None, default) and new != old:
+        raise OptionError(f"{new_flag} and {old_flag} (its old name) both given; use {new_flag}")
+    return old if old is not None else new
+
+
+# ---------------------------------------------------------------------------------------------
+# Up-front checks: every output path, plot backend and folder before any pass runs.
+def check_outputs(*paths: tuple[str | None, str]) -> None:
+    """``(path, flag)`` pairs: each given path must be a writable file location."""
+    from qcompile.files import check_output_path
+
+    for path, flag in paths:
+        if path is not None:
+            check_output_path(path, flag)
+
+
+def check_plot(path: str | None, flag: str = "--plot") -> None:
+    """A PNG output: ends in .png, writable, and matplotlib importable, before the work."""
+    if path is None:
+        return
+    from pathlib import Path
+
+    from qcompile.driver.report import pyplot
+
+    if Path(path).suffix.lower() != ".png":
+        raise QCompileError(f"{flag} {path}: the plot is a PNG; give a path ending in .png")
+    check_outputs((path, flag))
+    pyplot()
+
+
+def check_folder(path: str | None, flag: str) -> None:
+    """A folder output (``--dump``): its parent exists and it is not a file."""
+    if path is None:
+        return
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise QCompileError(f"{flag} {path}: exists and is not a folder; give a folder path")
+    if not p.exists() and not p.parent.is_dir():
+        raise QCompileError(f"{flag} {path}: its parent folder {p.parent} does not exist; "
+                            "create it first")

@@ -7,7 +7,19 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, json_option, preprocess_option, user_errors
+from qcompile.cli.common import (
+    alias_option,
+    app,
+    calib_option,
+    check_folder,
+    check_plot,
+    dump_option,
+    json_option,
+    merged,
+    preprocess_option,
+    seed_option,
+    user_errors,
+)
 from qcompile.cli.common import echo_json as _echo_json
 from qcompile.cli.common import progress as _progress
 from qcompile.errors import QCompileError
@@ -20,18 +32,21 @@ def run(
     model: str = typer.Argument(..., help="ONNX model file"),
     output: str = typer.Option(..., "-o", "--output", help="where to write the lowered model"),
     passes: Optional[str] = typer.Option(None, "--passes", "-p",
-                                         help="pipeline, e.g. 'fold,cleanup' (default; see "
-                                         "`qcompile passes`)"),
+                                         help="pipeline, e.g. 'fold,cleanup' (default "
+                                         "fold,cleanup; ort-int8: fold,calibrate,quantize; "
+                                         "see `qcompile passes`)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="w8a8|w8a8-per-tensor|w4a8|"
                                          "w4a4|w2a4: the best pipeline for that bit budget "
                                          "(`qcompile passes --presets`)"),
     target: str = typer.Option("ort-fp32", "--target", "-t",
-                               help="ort-fp32 | ort-int8 (adds 'quantize' when missing)"),
-    calib: Optional[str] = typer.Option(None, "--calib", help="calibration data: .npz/.npy, image folder or image"),
-    preprocess: str = preprocess_option(),
+                               help="ort-fp32 | ort-int8 (adds 'calibrate,quantize' when "
+                               "missing)"),
+    calib: Optional[str] = calib_option(),
+    preprocess: Optional[str] = preprocess_option(),
     print_after: list[str] = typer.Option([], "--print-after", help="print the IR after PASS ('all' for every pass)"),
-    dump_dir: Optional[str] = typer.Option(None, "--dump-dir", help="write the IR after each pass to DIR"),
-    seed: int = typer.Option(0, "--seed", help="random seed (calibration image choice)"),
+    dump: Optional[str] = dump_option("write the IR after each pass to DIR"),
+    dump_dir: Optional[str] = alias_option("--dump-dir"),
+    seed: int = seed_option("random seed (calibration image choice)"),
     as_json: bool = json_option("print the pass report as JSON"),
     cpu: Optional[str] = typer.Option(None, "--cpu", help="ort-int8: vnni|avx2|arm|generic "
                                       "(default: detected from /proc/cpuinfo)"),
@@ -50,7 +65,8 @@ def run(
       qcompile run ../shared/data/cifar10_resnet56.onnx --passes fold,calibrate,quantize
       --target ort-int8 --calib ../shared/data/cifar10_test_dev.npz --preprocess cifar -o r56_int8.onnx
 
-      qcompile run m.onnx -p "fold,cleanup" --print-after fold --dump-dir dumps/ -o m_folded.onnx
+      qcompile run ../shared/data/cifar10_resnet20.onnx -p "fold,cleanup" --print-after fold
+      --dump dumps/ -o r20_folded.onnx
 
       qcompile run ../shared/data/cifar10_resnet20.onnx --preset w4a8 --target ort-int8
       --calib ../shared/data/cifar10_test_dev.npz --preprocess cifar -o r20_w4a8.onnx
@@ -62,8 +78,10 @@ def run(
     if preset is not None and passes is not None:
         raise QCompileError("--preset and --passes both given; use one (a preset is a "
                             "pipeline: `qcompile passes --presets` shows it)")
-    passes = preset_pipeline(preset) if preset is not None else (passes or "fold,cleanup")
+    passes = preset_pipeline(preset) if preset is not None else passes
+    dump_dir = merged(dump, dump_dir, "--dump", "--dump-dir")
     check_output_path(output, "-o")
+    check_folder(dump_dir, "--dump")
     recorder, plot = None, None
     if report_md is not None:
         from qcompile.driver.pass_report import StageRecorder
@@ -72,7 +90,8 @@ def run(
             raise QCompileError("--report needs --calib (the report is evaluated on the "
                                 "calibration source's images not used for calibration)")
         plot = str(Path(report_md).with_suffix(".png"))
-        check_output_path(report_md)
+        check_output_path(report_md, "--report")
+        check_plot(plot, "--report")
         recorder = StageRecorder()
     log = lambda m: typer.echo(m, err=True)  # noqa: E731
     report = compile_model(model, output, passes=passes, target=target, calib=calib,
@@ -82,8 +101,9 @@ def run(
     if recorder is not None:
         from qcompile.driver.pass_report import finish_report, write_outputs
 
-        write_outputs(finish_report(recorder, calib=calib, preprocess=preprocess,
-                                    progress=_progress, log=log), markdown=report_md, png=plot)
+        write_outputs(finish_report(recorder, calib=calib, preprocess=report["preprocess"],
+                                    progress=_progress, log=log, seed=seed),
+                      markdown=report_md, png=plot)
         log(f"wrote {report_md} and {plot}")
     if as_json:
         _echo_json(report)

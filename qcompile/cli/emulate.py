@@ -8,10 +8,16 @@ import typer
 
 from qcompile.cli.common import (
     app,
+    batch_option,
+    calib_option,
+    check_folder,
     cluster_option,
+    dump_option,
     images_progress,
     json_option,
+    limit_option,
     preprocess_option,
+    seed_option,
     user_errors,
 )
 from qcompile.cli.common import echo_json as _echo_json
@@ -30,16 +36,18 @@ def emulate(
                                          "MPFR engine computes"),
     image: Optional[str] = typer.Option(None, "--image", help="one image file"),
     data: Optional[str] = typer.Option(None, "--data", help="labelled images: .npz/.npy or folder"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="use at most K images of --data"),
-    preprocess: str = preprocess_option(),
-    size: Optional[int] = typer.Option(None, "--size", help="resize images to SxS"),
+    limit: Optional[int] = limit_option(what="images of --data"),
+    seed: int = seed_option("random seed (--limit draw, --verify elements, calibration)"),
+    preprocess: Optional[str] = preprocess_option(),
+    size: Optional[int] = typer.Option(None, "--size", help="resize images to SxS (default: "
+                                       "the model's fixed input size, if any)"),
     passes: Optional[str] = typer.Option(None, "--passes", "-p", help="pipeline to run first, "
                                          "e.g. fold"),
     preset: Optional[str] = typer.Option(None, "--preset", help="a float/posit preset, e.g. "
                                          "fl-e4m3 (`qcompile passes --presets`); needs --calib"),
-    calib: Optional[str] = typer.Option(None, "--calib", help="calibration images for "
-                                        "calibrate/assign in --passes/--preset (left out of "
-                                        "--data when the same file)"),
+    calib: Optional[str] = calib_option("calibration images for calibrate/assign in "
+                                        "--passes/--preset (left out of --data when the same "
+                                        "file)"),
     engine: str = typer.Option("fast", "--engine", help="fast|reference"),
     rounding: Optional[str] = typer.Option(None, "--rounding", help="arithmetic rounding: "
                                            "nearest|up|down|zero|away"),
@@ -48,9 +56,10 @@ def emulate(
     accumulate: Optional[str] = typer.Option(None, "--accumulate", help="sequential|fma|exact"),
     verify: int = typer.Option(0, "--verify", help="re-check K random elements of every layer "
                                "with the reference engine; exit 1 on any mismatch"),
-    dump: Optional[str] = typer.Option(None, "--dump", help="write each layer's output (npz) to DIR"),
+    dump: Optional[str] = dump_option("write each layer's output (npz) to DIR"),
     labels: Optional[str] = typer.Option(None, "--labels", help="class names (.tsv or .txt)"),
-    batch: int = typer.Option(32, "--batch", help="images per evaluation batch (--data)"),
+    batch: int = batch_option(32, "images per evaluation batch (--data; does not change "
+                              "results)"),
     cluster: Optional[str] = cluster_option(),
     as_json: bool = json_option(),
 ) -> None:
@@ -58,17 +67,18 @@ def emulate(
 
     Examples:
 
-      qcompile emulate ../shared/data/efficientnet_lite0.onnx --bits 16 --exp-bits 5 --image ../shared/data/tiger128.jpg --preprocess lite0 --size 224
+      qcompile emulate ../shared/data/efficientnet_lite0.onnx --bits 16 --exp-bits 5 --image ../shared/data/tiger128.jpg --preprocess lite0
 
       qcompile emulate ../shared/data/cifar10_resnet20.onnx --format e4m3 --data ../shared/data/cifar10_test_dev.npz --preprocess cifar --limit 200
 
-      qcompile emulate r18.onnx --compat qresnet --image tiger128.jpg --preprocess imagenet --size 128 --verify 20
+      qcompile emulate ../shared/data/efficientnet_lite0.onnx --compat qresnet --image ../shared/data/tiger128.jpg --preprocess lite0 --verify 20
 
       qcompile emulate ../shared/data/cifar10_resnet20.onnx --format fp32 --preset fl-e4m3 --calib ../shared/data/cifar10_test_dev.npz --data ../shared/data/cifar10_test_dev.npz --preprocess cifar --limit 200
     """
     from qcompile.driver.emulate import emulate as run_emulation
     from qcompile.driver.emulate import make_config
 
+    check_folder(dump, "--dump")
     cfg = make_config(bits=bits, exp_bits=exp_bits, format=fmt, compat=compat,
                       rounding=rounding, convert_rounding=convert_rounding, accumulate=accumulate)
     rep = run_emulation(model, cfg, image=image, data=data, limit=limit, preprocess=preprocess,

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from qcompile.cli.common import (
     app,
+    batch_option,
+    calib_option,
+    check_outputs,
+    check_plot,
     echo_json,
     json_option,
+    limit_option,
     preprocess_option,
     progress,
+    seed_option,
     user_errors,
 )
 from qcompile.errors import QCompileError
@@ -26,18 +31,17 @@ def report_cmd(
                                          "e.g. 'fold,calibrate,quantize{weights=int4},adaround'"),
     preset: Optional[str] = typer.Option(None, "--preset", help="analyse a preset's pipeline "
                                          "instead (`qcompile passes --presets`)"),
-    calib: Optional[str] = typer.Option(None, "--calib", help="calibration data: .npz/.npy, "
-                                        "image folder or image"),
-    preprocess: str = preprocess_option(),
+    calib: Optional[str] = calib_option(),
+    preprocess: Optional[str] = preprocess_option(),
     data: Optional[str] = typer.Option(None, "--data", help="evaluation images (default: the "
                                        "--calib images not used for calibration)"),
-    limit: int = typer.Option(256, "--limit", help="evaluate on at most K images"),
-    batch: int = typer.Option(16, "--batch", help="images per evaluation batch"),
+    limit: int = limit_option(256, "evaluation images"),
+    batch: int = batch_option(16),
     target: str = typer.Option("ort-fp32", "--target", "-t", help="configure the pipeline as "
                                "`qcompile run --target` does (ort-int8: CPU defaults, implied "
                                "quantize)"),
     cpu: Optional[str] = typer.Option(None, "--cpu", help="ort-int8: vnni|avx2|arm|generic"),
-    seed: int = typer.Option(0, "--seed", help="random seed"),
+    seed: int = seed_option(),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="write the markdown "
                                          "report here (default: print it)"),
     plot: Optional[str] = typer.Option(None, "--plot", help="write a PNG of SQNR per layer, one "
@@ -62,7 +66,6 @@ def report_cmd(
     """
     from qcompile.driver.pass_report import pass_report, write_outputs
     from qcompile.driver.presets import preset_pipeline
-    from qcompile.files import check_output_path
 
     if preset is not None and passes is not None:
         raise QCompileError("--preset and --passes both given; use one")
@@ -70,11 +73,8 @@ def report_cmd(
         raise QCompileError("give the pipeline to analyse: --passes SPEC or --preset NAME")
     if limit < 1:
         raise QCompileError(f"--limit {limit}: need at least 1 evaluation image")
-    if plot is not None and Path(plot).suffix.lower() != ".png":
-        raise QCompileError(f"--plot {plot}: the plot is a PNG; give a path ending in .png")
-    for path in (output, plot):
-        if path is not None:
-            check_output_path(path)  # before the (long) pipeline runs
+    check_outputs((output, "-o"))  # before the (long) pipeline runs
+    check_plot(plot)  # .png, writable, matplotlib importable
     text = preset_pipeline(preset) if preset is not None else passes
     rep = pass_report(model, text, calib=calib, preprocess=preprocess, data=data, limit=limit,
                       batch=batch, target=target, cpu=cpu, seed=seed, progress=progress,

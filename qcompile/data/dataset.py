@@ -148,14 +148,20 @@ class Dataset:
         if model_input in self._views:
             return self._views[model_input]
         hw = None if self._reader is None else tuple(self._reader.shape[1:3])
+        if self.kind == "image" and self._files:  # one photo: its size is known (header only)
+            try:
+                with Image.open(self._files[0]) as im:
+                    hw = (im.height, im.width)
+            except (OSError, ValueError):
+                hw = None
         pre, notes = model_input.adapt_preprocess(self.preprocess,
                                                   preprocessed=self.is_preprocessed, image_hw=hw)
         view = self
         if not (model_input.is_default and pre == self.preprocess):
             view = copy.copy(self)
             view.preprocess, view.model_input = pre, model_input
-            for note in notes:
-                (log or self._warn)(note)
+        for note in notes:
+            (log or self._warn)(note)
         self._views[model_input] = view
         return view
 

@@ -121,6 +121,11 @@ class ModelInput:
             if image_hw != (s, s) or pre.resize is not None:
                 notes.append(f"data: model input {self.name!r} is {s}x{s}: images resized to it "
                              f"({pre.describe()})")
+        elif sp is not None and sp[0] == sp[1] and not preprocessed and image_hw is not None \
+                and tuple(image_hw) != tuple(sp):  # the recipe already fits: say what it does
+            notes.append(f"data: model input {self.name!r} is {sp[0]}x{sp[1]}: "
+                         f"{image_hw[0]}x{image_hw[1]} images resized/cropped to it "
+                         f"({pre.describe()})")
         if self.layout == "NHWC" or self.dtype != "float32":
             how = " and ".join(w for w, on in (("transposed", self.layout == "NHWC"),
                                                 ("cast", self.dtype != "float32")) if on)

@@ -23,6 +23,9 @@ import numpy as np
 
 from qcompile.data.dataset import calib_eval_split
 
+__all__ = ["SELECT_MODES", "coverage_radius", "draw_limit", "k_center", "select_random",
+           "select_stratified", "standardise", "stratified_order"]
+
 SELECT_MODES = ("random", "stratified", "diverse")
 
 
@@ -89,3 +92,23 @@ def coverage_radius(features: np.ndarray, chosen: np.ndarray) -> float:
     c = f[np.asarray(chosen)]
     d2 = sq[:, None] - 2.0 * f @ c.T + (c * c).sum(axis=1)[None]
     return float(np.sqrt(max(0.0, d2.min(axis=1).max())))
+
+
+def draw_limit(candidates: np.ndarray, limit: int | None, seed: int = 0,
+               labels: np.ndarray | None = None) -> tuple[np.ndarray, dict | None]:
+    """What ``--limit N`` means in every command: ``N`` of the ``candidates`` (dataset
+    positions already past the held-out rule, :func:`qcompile.data.calibration.held_out`),
+    drawn class-stratified (:func:`stratified_order` over the candidates' ``labels``, seeded)
+    or, without labels, the first ``N`` of a seeded permutation.  Returns (sorted indices,
+    the JSON record ``{"n", "seed", "rule"}``; None when nothing was cut)."""
+    cand = np.asarray(candidates, np.int64)
+    if limit is None or int(limit) >= cand.size:
+        return cand, None
+    take = max(int(limit), 0)
+    if labels is not None:
+        order = stratified_order(np.asarray(labels)[cand], seed)
+        rule = "stratified"
+    else:
+        order = np.random.default_rng(seed).permutation(cand.size)
+        rule = "random"
+    return np.sort(cand[order[:take]]), {"n": take, "seed": int(seed), "rule": rule}

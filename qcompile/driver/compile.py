@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from qcompile.data.recipe import record_preprocess
 from qcompile.driver.context import canonical, pass_context
+from qcompile.driver.defaults import SOURCE_KEY, choose_preprocess, graph_facts
 from qcompile.driver.targets import check_graph, configure_pipeline, get_target
 from qcompile.errors import QCompileError
 from qcompile.files import check_output_path
@@ -24,18 +26,26 @@ def _split(text: str) -> list[str]:
     return split_specs(text)
 
 
-def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,cleanup",
-                  target: str = "ort-fp32", calib: str | None = None, preprocess: str = "none",
+def compile_model(model: str | Path, output: str | Path, *, passes: str | None = None,
+                  target: str = "ort-fp32", calib: str | None = None,
+                  preprocess: str | None = None,
                   print_after: Sequence[str] = (), dump_dir: str | None = None, seed: int = 0,
                   verify_each: bool = True, progress: Callable | None = None,
                   log: Callable[[str], None] = lambda m: None,
                   cpu: str | None = None,
                   extra_instruments: Sequence[Any] = ()) -> dict[str, Any]:
-    """Run the whole job and write ``output`` atomically; returns a JSON-ready report."""
+    """Run the whole job and write ``output`` atomically; returns a JSON-ready report.
+
+    ``passes=None``: the target's default pipeline (``ort-int8``: fold,calibrate,quantize).
+    ``preprocess=None``: recorded/detected from the model, or refused for uint8 images
+    (:mod:`qcompile.data.recipe`).  The output records the preset it was calibrated with
+    (``qcompile.preprocess``) and, for ``ort-int8``, the model it came from
+    (``qcompile.source_model``), so ``eval`` needs no flag and shows the FP32 baseline."""
     from qcompile.backends.ort import lower, save_model
     from qcompile.frontend import lift
 
     tgt = get_target(target)
+    passes = passes if passes is not None else tgt.default_pipeline
     pipeline = configure_pipeline(tgt, passes, cpu=cpu)
     written = [n.split("{")[0].strip() for n in _split(passes)]
     if [p.name for p in pipeline][:len(written)] != written:
@@ -47,6 +57,8 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
     out = check_output_path(output, "-o")
     graph = canonical(lift(model, warn=log), log)
     check_graph(tgt, graph, stage="input")
+    if calib is not None:
+        preprocess = choose_preprocess(preprocess, [graph_facts(graph, str(model))], calib, log)
     ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
                        verify_each=verify_each, progress=progress, log=log)
     instruments = []
@@ -57,6 +69,9 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
     ctx.instruments = instruments + list(extra_instruments)  # e.g. run --report
     result = run_pipeline(graph, pipeline, ctx)
     check_graph(tgt, result.graph, stage="output")
+    record_preprocess(result.graph.metadata, preprocess)
+    if tgt.name == "ort-int8":
+        result.graph.metadata[SOURCE_KEY] = str(Path(model).resolve())
     model_proto = lower(result.graph)
     extra: dict[str, Any] = {}
     if tgt.name == "ort-int8":
@@ -69,6 +84,7 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str = "fold,
         "output": str(out),
         "target": tgt.name,
         "pipeline": ",".join(p.spec() for p in pipeline),
+        "preprocess": preprocess,
         "nodes": len(result.graph.nodes),
         "passes": [{"pass": p.spec(), "modified": r.modified, "stats": dict(r.stats),
                     "notes": list(r.notes), "seconds": round(t, 6)}

@@ -21,6 +21,7 @@ from qcompile.backends.mpfr.interpreter import Interpreter
 from qcompile.backends.mpfr.listeners import DumpListener, LayerStats, Verifier
 from qcompile.data.calibration import calibration_indices
 from qcompile.driver.context import canonical, open_data, pass_context
+from qcompile.driver.defaults import choose_preprocess, graph_facts, limited
 from qcompile.errors import QCompileError
 from qcompile.passes._feeds import input_spec, model_data
 
@@ -72,7 +73,7 @@ def _fp32_session(graph):
 
 
 def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str | None = None,
-            limit: int | None = None, preprocess: str = "none", size: int | None = None,
+            limit: int | None = None, preprocess: str | None = None, size: int | None = None,
             passes: str | None = None, engine: str = "fast", verify: int = 0,
             dump: str | None = None, labels: str | None = None, batch: int = 32,
             fp32: bool = True, seed: int = 0, use_numba: bool = True,
@@ -97,6 +98,8 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         passes = preset_pipeline(preset)
     t0 = time.perf_counter()
     graph = canonical(lift(model, warn=log), log)
+    preprocess = choose_preprocess(preprocess, [graph_facts(graph, str(model))],
+                                   image if image is not None else data, log)
     pre = preprocess_from_options(preprocess, size=size)
     float_graph = graph.clone() if passes else graph
     if passes:  # FP32 (ORT) reference: the model as given (passes may insert FQ ops)
@@ -125,16 +128,18 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     names = None
     results, seconds, fp32_s = [], 0.0, 0.0
     n_ok = n_ok32 = n_agree = n_lab = 0
-    lim = 1 if image is not None else limit
+    lim = 1 if image is not None else None
     if dumper:
         batch = 1  # one golden-vector folder per image
     b0 = graph.inputs[0].type.shape[0] if graph.inputs[0].type.shape else None
     if isinstance(b0, int) and b0 > 0:  # a static batch dimension fixes the batch size
         batch = b0
-    eval_idx = None
-    if data is not None and skip.size:  # never evaluate on the calibration images
-        eval_idx = np.setdiff1d(np.arange(len(ds), dtype=np.int64), skip)
-        log(f"emulate: leaving out the {skip.size} calibration image(s) of {data}")
+    eval_idx, limit_rec = None, None
+    if data is not None:  # never the calibration images; --limit: the seeded stratified draw
+        if skip.size:
+            log(f"emulate: leaving out the {skip.size} calibration image(s) of {data}")
+        eval_idx, limit_rec = limited(ds, np.setdiff1d(np.arange(len(ds), dtype=np.int64),
+                                                       skip), limit, seed)
     if cluster:
         job = {"graph": graph, "float_graph": float_graph if fp32 else None, "cfg": cfg,
                "engine": engine, "kw": kw, "data": data, "pre": pre, "batch": batch}
@@ -291,8 +296,7 @@ def emulate_shard(shard: dict, job: dict) -> dict:
         bt = next(iter(ds.batches(len(shard["indices"]), indices=shard["indices"])))
         x, labels = bt.x, bt.labels
     k0 = _kstats(interp)
-    out, ref, secs, secs32 = run_batch(interp, sess, x, g.inputs[0].name, in_dtype,
-                                       g.outputs[0].name)
+    out, ref, secs, secs32 = run_batch(interp, sess, x, in_name, in_dtype, out_name)
     return {"indices": shard["indices"], "labels": labels, "out": out, "ref": ref,
             "seconds": secs, "fp32_seconds": secs32, "layers": stats.report(),
             "kernels": {k: v - k0[k] for k, v in _kstats(interp).items()}}

@@ -148,13 +148,14 @@ def stage_value(graph: Graph, name: str) -> Value | None:
     return v
 
 
-def eval_indices(ds: Any, graph: Graph, limit: int | None) -> np.ndarray:
+def eval_indices(ds: Any, graph: Graph, limit: int | None, seed: int = 0) -> np.ndarray:
     """Indices of ``ds`` to evaluate on: all but the recorded calibration images (the held-out
-    rule of :mod:`qcompile.data.calibration`), at most ``limit``."""
+    rule of :mod:`qcompile.data.calibration`), at most ``limit`` by the seeded stratified draw
+    of every command (:func:`qcompile.data.select.draw_limit`)."""
+    from qcompile.data.select import draw_limit
+
     exclude = calibration_indices(graph.metadata, ds)
-    idx = held_out(ds, [graph.metadata])
-    if limit is not None:
-        idx = idx[:limit]
+    idx, _ = draw_limit(held_out(ds, [graph.metadata]), limit, seed, getattr(ds, "labels", None))
     if idx.size == 0:
         raise ReportError(f"data: no evaluation images left in {ds.source} ({exclude.size} used "
                           "for calibration); give --data with other images or lower "
@@ -239,8 +240,8 @@ def write_outputs(rep: PassReport, *, markdown: str | Path | None = None,
 
 
 # -- drivers (the one place here that touches a frontend/backend; imported lazily) ----------
-def evaluation_feeds(graph: Graph, *, calib: str | None, preprocess: str, data: str | None,
-                     limit: int | None, batch: int = 16,
+def evaluation_feeds(graph: Graph, *, calib: str | None, preprocess: str | None,
+                     data: str | None, limit: int | None, batch: int = 16, seed: int = 0,
                      log: Callable[[str], None] = lambda m: None
                      ) -> tuple[list[dict[str, np.ndarray]], str]:
     """The evaluation batches (never calibration images, see the module docstring)."""
@@ -248,16 +249,19 @@ def evaluation_feeds(graph: Graph, *, calib: str | None, preprocess: str, data: 
     if src is None:
         raise ReportError("no evaluation images: give --data (or --calib, whose images not "
                           "used for calibration are then evaluated)")
-    ds = open_data(src, preprocess, log=log)
+    from qcompile.driver.defaults import choose_preprocess, graph_facts
+
+    ds = open_data(src, choose_preprocess(preprocess, [graph_facts(graph)], src), log=log)
     same = same_source(read_record(graph.metadata), ds)
-    idx = eval_indices(ds, graph, limit)
+    idx = eval_indices(ds, graph, limit, seed)
     name = graph.inputs[0].name
     feeds = [{name: b.x} for b in ds.batches(batch, indices=idx)]
     return feeds, f"{ds.source}" + (" (calibration images left out)" if same else "")
 
 
-def finish_report(recorder: StageRecorder, *, calib: str | None, preprocess: str,
+def finish_report(recorder: StageRecorder, *, calib: str | None, preprocess: str | None,
                   data: str | None = None, limit: int | None = 256, batch: int = 16,
+                  seed: int = 0,
                   title: str = "SQNR per layer after each pass",
                   executor_factory: Callable[[], Any] | None = None,
                   progress: Callable[..., Any] | None = None,
@@ -267,7 +271,7 @@ def finish_report(recorder: StageRecorder, *, calib: str | None, preprocess: str
         raise ReportError("the pipeline ran no pass; nothing to report")
     final = recorder.stages[-1].graph
     feeds, source = evaluation_feeds(final, calib=calib, preprocess=preprocess, data=data,
-                                     limit=limit, batch=batch, log=log)
+                                     limit=limit, batch=batch, seed=seed, log=log)
     n = sum(len(next(iter(f.values()))) for f in feeds)
     log(f"report: {len(recorder.stages)} stage(s) x {len(layer_names(recorder.fp32))} "
         f"layers on {n} evaluation image(s) from {source}")
@@ -282,7 +286,8 @@ def finish_report(recorder: StageRecorder, *, calib: str | None, preprocess: str
             bar.close()
 
 
-def pass_report(model: str | Path, passes: str, *, calib: str | None, preprocess: str = "none",
+def pass_report(model: str | Path, passes: str, *, calib: str | None,
+                preprocess: str | None = None,
                 data: str | None = None, limit: int | None = 256, batch: int = 16,
                 target: str = "ort-fp32", cpu: str | None = None, seed: int = 0,
                 progress: Callable[..., Any] | None = None,
@@ -302,11 +307,15 @@ def pass_report(model: str | Path, passes: str, *, calib: str | None, preprocess
                           "calibration are evaluated) or --data")
     pipeline = configure_pipeline(get_target(target), passes, cpu=cpu)
     graph = canonical(lift(model, warn=log), log)
+    from qcompile.driver.defaults import choose_preprocess, graph_facts
+
+    preprocess = choose_preprocess(preprocess, [graph_facts(graph, str(model))],
+                                   calib if calib is not None else data, log)
     ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
                        progress=progress, log=log)
     rec = StageRecorder()
     ctx.instruments = [rec]
     run_pipeline(graph, pipeline, ctx)
     return finish_report(rec, calib=calib, preprocess=preprocess, data=data, limit=limit,
-                         batch=batch, title=f"SQNR per layer after each pass: {Path(model).name}",
+                         batch=batch, seed=seed, title=f"SQNR per layer after each pass: {Path(model).name}",
                          progress=progress, log=log)

@@ -1,7 +1,9 @@
 """Targets: what ``qcompile run --target NAME`` lowers to, and passes the target needs.
 
-A target names a backend and a list of passes it appends when the user's pipeline lacks them
-(``ort-int8`` adds ``quantize`` with defaults). Lowering itself lives in the backend.
+A target names a backend, the pipeline it runs when none is given (``ort-int8``:
+``fold,calibrate,quantize``) and a list of passes it appends when the user's pipeline lacks them
+(``ort-int8`` adds ``quantize`` with defaults, and ``calibrate`` before it when the pipeline has
+none: quantize needs ranges). Lowering itself lives in the backend.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ class Target:
     backend: str
     description: str
     implied_passes: tuple[str, ...] = field(default=())  # appended when missing
+    default_pipeline: str = "fold,cleanup"  # when neither --passes nor --preset is given
 
 
 TARGETS: dict[str, Target] = {
@@ -35,7 +38,7 @@ def get_target(name: str) -> Target:
 TARGETS["ort-int8"] = Target(
     "ort-int8", "ort", "int8 QDQ model that ONNX Runtime's CPU EP fuses into QLinearConv/"
     "QLinearAdd/QGemm (types chosen for the CPU: --cpu vnni|avx2|arm|generic)",
-    implied_passes=("quantize",))
+    implied_passes=("quantize",), default_pipeline="fold,calibrate,quantize")
 
 
 def target_option_defaults(target: Target, cpu: str | None = None) -> dict[str, object]:
@@ -62,8 +65,11 @@ def configure_pipeline(target: Target, text: str, *, cpu: str | None = None) -> 
     names = [p.name for p in pipeline]
     for implied in target.implied_passes:
         if implied not in names and not (implied == "quantize" and "assign" in names):
-            pipeline += parse_pipeline(implied, REGISTRY, scheduled=False)
-            explicit.append(set())
+            # quantize needs ranges: an implied quantize brings calibrate when none runs
+            extra = ["calibrate"] if implied == "quantize" and "calibrate" not in names else []
+            for name in extra + [implied]:
+                pipeline += parse_pipeline(name, REGISTRY, scheduled=False)
+                explicit.append(set())
     defaults = target_option_defaults(target, cpu)
     out = []
     for p, keys in zip(pipeline, explicit, strict=True):

@@ -174,7 +174,9 @@ class Calibrate(Pass):
             record.update(source=str(data.source), size=n, indices=[int(i) for i in order])
             files = getattr(data, "files", None)
             shown = ", ".join(str(i) for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
-            log = (f"calibrate: {take} of {n} images from {data.source} (seed {self.seed}, "
+            asked = "" if take == self.images else \
+                f" (images={self.images} asked for, {n} there: using all {n})"
+            log = (f"calibrate: {take} of {n} images{asked} from {data.source} (seed {self.seed}, "
                    f"select {self.select}, method {self.method}): indices {shown}"
                    + (f"; first file {files[int(idx[0])]}" if files else "")
                    + f"; full list in model metadata {CALIB_KEY!r}")

@@ -155,9 +155,45 @@ def _layers_table(tensors: list[TensorCmp], isolated: list[TensorCmp] | None = N
     return lines
 
 
+def summary(r: VerifyResult) -> str:
+    """One plain-language sentence first: does ORT compute the exact network, and are the
+    departures the explained kind?  ORT's fused int8 kernels requantise ``acc * (s_in s_w /
+    s_out)`` in float32, so a value on a rounding boundary of the exact ``round-half-even`` can
+    land 1 LSB away: at most 1 LSB per layer (seen with ``--isolate``: each layer fed ORT's own
+    inputs) is that rounding; larger differences downstream are such steps carried forward."""
+    ndiff = sum(t.compared - t.equal for t in r.tensors)
+    mx = max((t.max_lsb for t in r.tensors), default=0)
+    top = next((o.to_json()["top1_agreement"] for o in r.outputs
+                if isinstance(o, FloatCmp) and o.rows), None)
+    agree = "" if top is None else f"; top-1 agreement {100 * top:.1f}%"
+    if mx == 0:
+        return (f"ORT matches the exact network bit for bit ({len(r.tensors)} quantised tensors, "
+                f"{r.images} images){agree}.")
+    why = "because ORT requantises in float32 — expected"
+    if mx <= 1:
+        return (f"ORT matches the exact network to within 1 LSB per layer; {ndiff} elements "
+                f"differ by 1 LSB {why}{agree}.")
+    if r.isolated is not None:
+        iso = max((t.max_lsb for t in r.isolated), default=0)
+        if iso <= 1:
+            return (f"Each layer matches the exact network to within 1 LSB when fed ORT's own "
+                    f"inputs; the {ndiff} differing elements (up to {mx} LSB downstream) are "
+                    f"1-LSB steps {why}, carried forward through later layers{agree}.")
+        return (f"ORT departs from the exact network by itself by up to {iso} LSB in a layer "
+                f"(more than float32 requantisation explains): see the layers below{agree}.")
+    fd = r.first_departure
+    if fd is not None and fd.max_lsb <= 1:
+        return (f"ORT first departs from the exact network by 1 LSB at '{fd.name}' {why}; "
+                f"later layers differ by up to {mx} LSB as those steps propagate (--isolate "
+                f"checks each layer alone){agree}.")
+    return (f"ORT departs from the exact network by up to {mx} LSB, already at "
+            f"'{fd.name if fd else '?'}' (more than float32 requantisation explains){agree}.")
+
+
 def format_text(r: VerifyResult, *, layers: bool = False) -> str:
-    """The human report: kernels, outputs, optionally the per-layer table, the verdict line."""
-    lines = [f"model {r.model}: {len(r.tensors)} quantised tensors, {r.images} images, "
+    """The human report: a plain-language summary, kernels, outputs, optionally the per-layer
+    table, the verdict line."""
+    lines = [summary(r), f"model {r.model}: {len(r.tensors)} quantised tensors, {r.images} images, "
              f"ONNX Runtime {r.ort_version} ({r.device}, opt-level {r.opt_level})",
              "ORT kernels: " + ", ".join(f"{k}={v}" for k, v in sorted(r.kernels.items()))]
     if r.fusion_changes:

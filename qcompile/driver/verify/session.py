@@ -67,10 +67,13 @@ class VerifySession:
         if spec.layout == "NCHW":
             spec = ModelInput(spec.name, None, spec.dtype)
         ds = ds.for_model(spec, log=log)
-        n = len(ds) if limit is None else min(len(ds), max(int(limit), 0))
-        if n == 0:
+        from qcompile.data.select import draw_limit  # --limit: the seeded stratified draw
+
+        idx, _ = draw_limit(np.arange(len(ds), dtype=np.int64),
+                            None if limit is None else max(int(limit), 0), 0, ds.labels)
+        if idx.size == 0:
             raise QCompileError(f"data: no images in {ds.source} (--limit {limit})")
-        return ds, np.arange(n, dtype=np.int64)
+        return ds, idx
 
     def check_input(self, x: np.ndarray) -> None:
         want = self.input.type.shape
