@@ -14,8 +14,14 @@ A ``QDQ(x, s, z){bits, signed, axis}`` node computes ``(clamp(round(x/s) + z) - 
   which is what ORT checks before removing it). A Gemm/MatMul output is quantised only when a
   quantised op consumes it (else QGemm gives float logits).
 * Scale-transparent ops (MaxPool, GlobalAveragePool, AveragePool, Flatten, Reshape, Slice, Pad
-  with a zero constant or edge/reflect mode, Transpose, Squeeze, Unsqueeze, Identity) between
-  quantised values share their input's scale and zero point, so ORT runs them on integers.
+  with a zero constant or edge/reflect mode, Transpose, Squeeze, Unsqueeze, Identity, nearest
+  Resize, every output of Split) between quantised values share their input's scale and zero
+  point, so ORT runs them on integers.
+* QLinear ops (Concat, Mul of two activations, Sigmoid, LeakyRelu; tables and reasons in
+  :mod:`qcompile.passes._qplacement`): every activation input and the output get a QDQ, so ORT
+  fuses them into QLinearConcat / QLinearMul / QLinearSigmoid / QLinearLeakyRelu.
+* Everything else stays float and is listed in one note ``kept in float: Softmax x1 (before
+  the output), ...`` and in the stats as ``float_<op>``.
 * Activations are asymmetric: ``s = (hi - lo)/(qmax - qmin)``, ``z = round(qmin - lo/s)``,
   from ``meta[RANGE]`` written by ``calibrate``.
 
@@ -40,11 +46,12 @@ from qcompile.errors import OptionError, QCompileError
 from qcompile.ir import QCOMPILE_DOMAIN, RANGE, Graph, Node, Value
 from qcompile.numerics import quant
 from qcompile.passes import checks
+from qcompile.passes._qplacement import float_summary, resize_is_nearest, select_qlinear
 from qcompile.passes.base import Pass, PassContext, PassResult, Stats
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 TRANSPARENT = ("MaxPool", "GlobalAveragePool", "AveragePool", "Flatten", "Reshape", "Slice",
-               "Pad", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+               "Pad", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Resize", "Split")
 
 
 @dataclass(frozen=True)
@@ -80,11 +87,13 @@ class Quantize(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         st = Stats()
         act_qt, w_qt = quant.qtype(self.activations), quant.qtype(self.weights)
+        declined: dict[Node, str] = {}
         compute = [n for n in graph.nodes if n.domain == "" and n.op in checks.QUANTISABLE_OPS
-                   and self._accept(n, st)]
+                   and self._accept(n, st, declined)]
         keep = self._select(graph, compute, self.keep_float, "keep_float")
         for n in keep:
             st.skip("keep_float", f"{n.op} {n.name!r}", "kept in float (keep_float)")
+            declined[n] = "keep_float"
         compute = [n for n in compute if n not in keep]
         if not compute:
             st.skip("no_quantisable_op", f"graph {graph.name!r}",
@@ -100,6 +109,7 @@ class Quantize(Pass):
             need[v] = None
             consumers.setdefault(v, set()).add(by)
 
+        int8: set[Node] = set(compute)
         for n in compute:
             for v in _activation_inputs(n):
                 want(v, n)
@@ -109,10 +119,20 @@ class Quantize(Pass):
                 if act is not None and (bounds := activation_bounds(act)) is not None:
                     out = act.output
                     clip[out] = bounds
+                    int8.add(act)
                 need[out] = None
                 anchors.add(out)
+        qlinear = select_qlinear(graph, keep, st, declined)
+        for n in qlinear:
+            for v in n.inputs:
+                if v is not None and not v.is_const:
+                    want(v, n)
+            need[n.output] = None
+            anchors.add(n.output)
+        int8.update(qlinear)
 
         inherit = self._propagate(need, consumers)
+        int8.update(v.producer for v in inherit if v.producer is not None)
         wide = self._select(graph, compute, self.keep_8bit, "keep_8bit")
         act8 = quant.qtype(("int8" if act_qt.signed else "uint8") if act_qt.bits < 8
                            else act_qt.name)
@@ -140,10 +160,24 @@ class Quantize(Pass):
             if n.op in WEIGHTED:
                 wide_w = quant.qtype("int8") if n in wide and w_qt.bits < 8 else w_qt
                 self._weights(graph, n, p_in[n], wide_w, st)
+        for n in qlinear:
+            st.count(f"quantized_{n.op.lower()}")
+        floats, note = float_summary(graph, int8, declined, TRANSPARENT)
+        for op, k in floats.items():
+            st.count(f"float_{op.lower()}", k)
+        if note:
+            st.notes.insert(0, note)
         return st.result(graph, True)
 
     # -- selection ----------------------------------------------------------------------
-    def _accept(self, n: Node, st: Stats) -> bool:
+    def _accept(self, n: Node, st: Stats, declined: dict[Node, str] | None = None) -> bool:
+        before = len(st.notes)
+        ok = self._accept_node(n, st)
+        if not ok and declined is not None and len(st.notes) > before:
+            declined[n] = st.notes[-1].split(": ", 1)[-1]
+        return ok
+
+    def _accept_node(self, n: Node, st: Stats) -> bool:
         where = f"{n.op} {n.name!r}"
         ins = n.inputs
         if any(v is not None and v.producer is not None and v.producer.domain == QCOMPILE_DOMAIN
@@ -207,12 +241,14 @@ class Quantize(Pass):
         while work:
             v = work.pop()
             p = v.producer
-            if p is None or p.domain != "" or p.op not in TRANSPARENT or v.index != 0:
+            if p is None or p.domain != "" or p.op not in TRANSPARENT \
+                    or (v.index != 0 and p.op != "Split"):
                 continue
             u = p.inputs[0]
             if u is None or u.is_const or not u.type.dtype.is_float or RANGE not in u.meta:
                 continue
-            if p.op == "Pad" and not _pad_exact(p):
+            if (p.op == "Pad" and not _pad_exact(p)) or \
+                    (p.op == "Resize" and not resize_is_nearest(p)):
                 continue
             inherit[v] = u
             consumers.setdefault(u, set()).add(p)
