@@ -6,7 +6,14 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, json_option, preprocess_option, user_errors
+from qcompile.cli.common import (
+    app,
+    cluster_option,
+    images_progress,
+    json_option,
+    preprocess_option,
+    user_errors,
+)
 from qcompile.cli.common import echo_json as _echo_json
 
 
@@ -21,6 +28,7 @@ def eval_cmd(
     latency: bool = typer.Option(True, "--latency/--no-latency", help="time batch 1 and 8"),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda (int8 on cuda: TensorRT EP)"),
     threads: int = typer.Option(0, "--threads", help="ORT intra-op threads (0: all cores)"),
+    cluster: Optional[str] = cluster_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Top-1/top-5, per-class accuracy, latency (batch 1, 8) and file size of MODEL.
@@ -32,7 +40,8 @@ def eval_cmd(
     from qcompile.driver.evaluate import evaluate_model
 
     rep = evaluate_model(model, data, preprocess=preprocess, limit=limit, batch=batch,
-                         latency=latency, device=device, threads=threads,
+                         latency=latency, device=device, threads=threads, cluster=cluster,
+                         progress=images_progress if cluster else None,
                          log=lambda m: typer.echo(m, err=True))
     if as_json:
         _echo_json(rep)

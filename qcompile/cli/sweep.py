@@ -8,7 +8,9 @@ import typer
 
 from qcompile.cli.common import (
     app,
+    cluster_option,
     echo_json,
+    images_progress,
     json_option,
     preprocess_option,
     progress,
@@ -35,6 +37,7 @@ def sweep_cmd(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="write the markdown table"),
     plot: Optional[str] = typer.Option(None, "--plot", help="write the accuracy-vs-bits PNG"),
     seed: int = typer.Option(0, "--seed", help="seed of the calibration/evaluation draw"),
+    cluster: Optional[str] = cluster_option(),
     as_json: bool = json_option("print the report as JSON"),
 ) -> None:
     """Accuracy and top-1 agreement with FP32 for every uniform format in --formats.
@@ -58,7 +61,8 @@ def sweep_cmd(
         raise QCompileError("--limit: need at least 1 evaluation image")
     rep = sweep(model, data, fmts, preprocess=preprocess, limit=limit,
                 calib_images=calib_images, arith=arith, seed=seed,
-                log=lambda m: typer.echo(m, err=True), progress=progress)
+                log=lambda m: typer.echo(m, err=True), cluster=cluster,
+                progress=images_progress if cluster else progress)
     md = to_markdown(rep)
     if output:
         atomic_write(output, md)

@@ -6,7 +6,15 @@ from typing import Optional
 
 import typer
 
-from qcompile.cli.common import app, echo_json, json_option, preprocess_option, user_errors
+from qcompile.cli.common import (
+    app,
+    cluster_option,
+    echo_json,
+    images_progress,
+    json_option,
+    preprocess_option,
+    user_errors,
+)
 from qcompile.errors import OptionError
 
 OPT_LEVELS = ("all", "extended", "basic", "none")
@@ -40,6 +48,7 @@ def verify_cmd(
                                        "plot (.png)"),
     dump: Optional[str] = typer.Option(None, "--dump", help="write golden vectors (npz + "
                                        "manifest.json) of the exact network to this new folder"),
+    cluster: Optional[str] = cluster_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Check bit for bit what ONNX Runtime computes for an int8 model, layer by layer.
@@ -71,7 +80,8 @@ def verify_cmd(
     res = verify_model(model, data, preprocess=preprocess, limit=limit, batch=batch,
                        opt_level=opt_level, device=device, engine=engine, threads=threads,
                        dump=dump, reference=reference, float_model=float_model, isolate=isolate,
-                       log=lambda m: typer.echo(m, err=True))
+                       log=lambda m: typer.echo(m, err=True), cluster=cluster,
+                       progress=images_progress if cluster else None)
     rep = res.reference_report
     if rep is not None and report:
         (rep.save_json if report.endswith(".json") else rep.save_markdown)(report)

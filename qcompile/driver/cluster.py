@@ -28,7 +28,7 @@ from typing import Any
 from qcompile.errors import QCompileError
 
 __all__ = ["CLUSTER_HELP", "Cluster", "ClusterError", "open_cluster", "parse_address",
-           "worker_cached", "job_key"]
+           "worker_cached", "job_key", "pack", "unpack"]
 
 CLUSTER_HELP = ("run on a Dask cluster: local:N (N worker processes on this machine), "
                 "tcp://HOST:PORT or scheduler-file:PATH")
@@ -72,14 +72,45 @@ def job_key(*parts: bytes | str) -> str:
     return h.hexdigest()[:24]
 
 
+def pack(obj: Any) -> bytes:
+    """``obj`` (an IR graph) as bytes for the workers; the IR's Value/Node links nest as deep
+    as the graph, so pickling needs more recursion than Python's default allows."""
+    import pickle
+
+    with _deep():
+        return pickle.dumps(obj, protocol=5)
+
+
+def unpack(blob: bytes) -> Any:
+    import pickle
+
+    with _deep():
+        return pickle.loads(blob)
+
+
+class _deep:
+    def __enter__(self) -> None:
+        import sys
+
+        self.old = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(self.old, 200_000))
+
+    def __exit__(self, *exc) -> None:
+        import sys
+
+        sys.setrecursionlimit(self.old)
+
+
 _CACHE: dict[str, Any] = {}
+_KEEP = 8
 
 
 def worker_cached(key: str, build: Callable[[], Any]) -> Any:
     """On a worker: ``build()`` once per job key (the engine, the opened data set), then reuse;
-    one job is kept (a new key drops the old one)."""
+    the last ``_KEEP`` jobs are kept (a sweep interleaves its formats)."""
     if key not in _CACHE:
-        _CACHE.clear()
+        while len(_CACHE) >= _KEEP:
+            _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = build()
     return _CACHE[key]
 
@@ -193,8 +224,8 @@ class Cluster:
 
     def broadcast(self, obj: Any):
         """``obj`` pickled once and held by every worker (a future to pass to tasks)."""
-        try:
-            return self.client.scatter(obj, broadcast=True, hash=False)
+        try:  # in a list: a scattered dict would become one key per item, named by its keys
+            return self.client.scatter([obj], broadcast=True, hash=False)[0]
         except (OSError, TimeoutError) as e:
             raise self._lost(e) from None
 

@@ -241,18 +241,20 @@ def cluster_batches(spec: str, job: dict, ds, batch: int, lim: int | None, eval_
     one shard per batch of the same images the local run batches together, so every logit
     is the same bits; yields in image order; merges the workers' layer statistics into
     ``stats``."""
-    import pickle
     from types import SimpleNamespace
 
-    from qcompile.driver.cluster import job_key, open_cluster
+    from qcompile.driver.cluster import job_key, open_cluster, pack
 
+    job = dict(job, graph=pack(job["graph"]), float_graph=None if job["float_graph"] is None
+               else pack(job["float_graph"]))
     idx = np.arange(len(ds), dtype=np.int64) if eval_idx is None else eval_idx
     idx = idx[:lim] if lim is not None else idx
     parts = [idx[i:i + batch] for i in range(0, idx.size, batch)]
     with open_cluster(spec, log) as c:
         shared = c.data_note(job["data"])
         job = dict(job, data=str(Path(job["data"]).resolve()) if shared else None)
-        job["key"] = job_key(pickle.dumps(job, protocol=5))
+        job["key"] = job_key(job["graph"], repr(sorted((k, str(v)) for k, v in job.items()
+                                                       if k != "graph")))
         shards = [{"indices": p} for p in parts]
         if not shared:  # the client reads and ships every batch
             for sh, bt in zip(shards, ds.batches(batch, indices=idx), strict=True):
@@ -271,23 +273,26 @@ def cluster_batches(spec: str, job: dict, ds, batch: int, lim: int | None, eval_
 
 
 def _worker_state(job: dict):
+    from qcompile.driver.cluster import unpack
     from qcompile.passes._feeds import input_spec
 
-    interp = _interpreter(job["graph"], job["cfg"], job["engine"], [], job["kw"])
-    fg = job["float_graph"]
+    g = unpack(job["graph"])
+    interp = _interpreter(g, job["cfg"], job["engine"], [], job["kw"])
+    fg = None if job["float_graph"] is None else unpack(job["float_graph"])
     sess = _fp32_session(fg) if fg is not None else None
     ds = None
     if job["data"] is not None:
-        ds = model_data(job["graph"], open_data(job["data"], job["pre"]), None)
-    return interp, sess, ds, input_spec(fg.inputs[0]).dtype if fg is not None else None
+        ds = model_data(g, open_data(job["data"], job["pre"]), None)
+    return (interp, sess, ds, input_spec(fg.inputs[0]).dtype if fg is not None else None,
+            g.inputs[0].name, g.outputs[0].name)
 
 
 def emulate_shard(shard: dict, job: dict) -> dict:
     """On a worker: one batch of images through the emulator (built once per job) and FP32."""
     from qcompile.driver.cluster import worker_cached
 
-    interp, sess, ds, in_dtype = worker_cached(job["key"], lambda: _worker_state(job))
-    g = job["graph"]
+    interp, sess, ds, in_dtype, in_name, out_name = worker_cached(
+        job["key"], lambda: _worker_state(job))
     stats = LayerStats(job["cfg"])
     interp.listeners = [stats]
     if "x" in shard:

@@ -43,7 +43,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(double)": "float64", "tensor(int8)": "int8"}
 
 
-def _fit(runner: ModelRunner, ds: Dataset, log: Callable[[str], None]
+def _fit(runner: ModelRunner, ds: Dataset | None, log: Callable[[str], None]
          ) -> tuple[Dataset, Callable[[np.ndarray], np.ndarray], int | None]:
     """(the data as the model's input declares it, predict in the model's fixed batch, that
     batch or None): see :mod:`qcompile.data.model_input`."""
@@ -51,7 +51,7 @@ def _fit(runner: ModelRunner, ds: Dataset, log: Callable[[str], None]
     spec = ModelInput(runner.input.name, tuple(runner.input.shape or ()) or None,
                       _ORT_TYPES.get(t, t.removeprefix("tensor(").rstrip(")")))
     name = runner.input.name
-    return (ds.for_model(spec, log=log),
+    return (None if ds is None else ds.for_model(spec, log=log),
             lambda x: run_batched(lambda f: [runner.predict(f[name])], {name: x}, spec.batch)[0],
             spec.batch)
 
@@ -78,24 +78,29 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str = "none",
                    limit: int | None = None, batch: int = 64, latency: bool = True,
                    device: str = "cpu", threads: int = 0, exclude_calibration: bool = True,
                    indices: np.ndarray | None = None,
+                   cluster: str | None = None, progress: Callable | None = None,
                    log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Accuracy, per-class accuracy, latency (batch 1 and 8) and size of one model file."""
     runner = ModelRunner(model, device=device, threads=threads)
     ds = _open(data, preprocess, log)
     excluded = calibration_indices(runner.metadata, ds) if exclude_calibration else np.zeros(0, np.int64)
     idx = _eval_indices(ds, excluded, limit) if indices is None else np.asarray(indices)
+    opened = ds
     ds, predict, fixed = _fit(runner, ds, log)
     correct1 = correct5 = n = 0
     classes = ds.class_names
     per_class: dict[int, list[int]] = {}
     first: np.ndarray | None = None
     t0 = time.perf_counter()
-    for b in ds.batches(batch, indices=idx):
+    todo = ((b.x[:8], b.labels, _check_logits(predict(b.x), model))
+            for b in ds.batches(batch, indices=idx))
+    if cluster:
+        todo = _cluster_logits(cluster, model, data, opened, ds, batch, idx, device, threads,
+                               log, progress)
+    for x8, labels, logits in todo:
         if first is None:
-            first = b.x[:8]
-        logits = _check_logits(predict(b.x), model)
+            first = x8
         top = _topk(logits, 5)
-        labels = b.labels
         hit1 = top[:, 0] == labels
         correct1 += int(hit1.sum())
         correct5 += int((top == labels[:, None]).any(axis=1).sum())
@@ -165,6 +170,60 @@ def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str = "no
         "top1_delta": (cb - ca) / n,
         "logits_sqnr_db": sqnr_from_sums(sig, noise),
     }
+
+
+def _cluster_logits(spec: str, model: str, data, opened: Dataset, ds: Dataset, batch: int,
+                    idx: np.ndarray, device: str, threads: int, log, progress):
+    """The local loop's (first images, labels, logits) per batch, computed on a Dask cluster
+    (:mod:`qcompile.driver.cluster`): one shard per local batch, in image order, so the
+    logits are the same bits; the model file travels once per worker."""
+    from pathlib import Path
+
+    from qcompile.driver.cluster import job_key, open_cluster
+
+    if not isinstance(data, str):
+        raise QCompileError("--cluster: evaluate a data path, not an opened data set")
+    body = Path(model).read_bytes()
+    parts = [idx[i:i + batch] for i in range(0, idx.size, batch)]
+    with open_cluster(spec, log) as c:
+        shared = c.data_note(data)
+        job = {"key": job_key(body, str(Path(data).resolve()), repr(opened.preprocess)),
+               "model": body, "name": Path(model).name, "device": device, "threads": threads,
+               "data": str(Path(data).resolve()) if shared else None, "pre": opened.preprocess}
+        shards = [{"indices": p, "first": i == 0} for i, p in enumerate(parts)]
+        if not shared:
+            for sh, b in zip(shards, ds.batches(batch, indices=idx), strict=True):
+                sh.update(x=b.x, labels=b.labels)
+        res = c.map_shards(eval_shard, shards, args=(c.broadcast(job),),
+                           sizes=[p.size for p in parts], progress=progress,
+                           desc=f"eval on {len(c.workers)} workers")
+    for r in res:
+        yield r["x8"], r["labels"], _check_logits(r["logits"], model)
+
+
+def _eval_worker(job: dict):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="qcompile-eval-")) / job["name"]
+    path.write_bytes(job["model"])
+    runner = ModelRunner(str(path), device=job["device"], threads=job["threads"])
+    ds = None if job["data"] is None else open_data(job["data"], job["pre"])
+    ds, predict, _ = _fit(runner, ds, lambda m: None)  # None: the images come in the shards
+    return ds, predict
+
+
+def eval_shard(shard: dict, job: dict) -> dict:
+    """On a worker: one batch through ONNX Runtime (session built once per job)."""
+    from qcompile.driver.cluster import worker_cached
+
+    ds, predict = worker_cached(job["key"], lambda: _eval_worker(job))
+    if "x" in shard:
+        x, labels = shard["x"], shard["labels"]
+    else:
+        b = next(iter(ds.batches(len(shard["indices"]), indices=shard["indices"])))
+        x, labels = b.x, b.labels
+    return {"x8": x[:8] if shard["first"] else None, "labels": labels, "logits": predict(x)}
 
 
 def _check_logits(y: np.ndarray, model: str) -> np.ndarray:

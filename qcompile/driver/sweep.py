@@ -206,15 +206,17 @@ class FormatEvaluator:
 def sweep(model: str, data: str, formats: Sequence[str], *, preprocess: str = "none",
           limit: int | None = 1000, calib_images: int = 256, arith: str = "fp32",
           seed: int = 0, log: Callable[[str], None] = lambda m: None,
-          progress: Callable | None = None) -> dict[str, Any]:
-    """Evaluate every uniform format; returns a JSON-ready report (see module docstring)."""
+          progress: Callable | None = None, cluster: str | None = None) -> dict[str, Any]:
+    """Evaluate every uniform format; returns a JSON-ready report (see module docstring).
+    ``cluster``: the formats x image batches run on a Dask cluster (:func:`_on_cluster`)."""
     ev = FormatEvaluator(model, data, preprocess, limit, calib_images, arith=arith, seed=seed,
                          log=log, progress=progress)
     fp32 = ev.fp32_top1
     rows = []
+    done = _on_cluster(cluster, ev, formats, log, progress) if cluster else {}
     for spec in formats:
         passes = pipeline_for(spec)
-        r = ev.evaluate(ev.run(passes), desc=f"sweep {spec}")
+        r = done[spec] if cluster else ev.evaluate(ev.run(passes), desc=f"sweep {spec}")
         rows.append({"format": spec, "family": family(spec), "bits": parse_any(spec).bits,
                      "pipeline": "fold,calibrate," + passes, **r,
                      "drop": round(100 * (fp32 - r["top1"]), 3)})
@@ -223,6 +225,62 @@ def sweep(model: str, data: str, formats: Sequence[str], *, preprocess: str = "n
     return {"model": str(model), "data": str(data), "images": int(len(ev.labels)),
             "calibration_images": int(ev.calib_indices.size), "arith": arith,
             "fp32_top1": fp32, "rows": rows}
+
+
+def _on_cluster(spec: str, ev: FormatEvaluator, formats: Sequence[str], log, progress
+                ) -> dict[str, dict[str, Any]]:
+    """Every format's graph (built here, broadcast once) x every batch of the held-out images
+    (shipped once each) as one shard on a Dask cluster (:mod:`qcompile.driver.cluster`); the
+    batches are the local run's, so each format's logits are the same bits."""
+    from qcompile.driver.cluster import job_key, open_cluster, pack
+
+    graphs = {f: ev.run(pipeline_for(f)) for f in formats}
+    with open_cluster(spec, log) as c:
+        log(f"cluster: the {len(ev.labels)} held-out images travel once, in {len(ev.xs)} "
+            "batches")
+        xs = c.client.scatter(list(ev.xs), hash=False)
+        jobs = {f: c.broadcast({"key": job_key(f, ev.arith, str(id(ev)), str(time.time())),
+                                "graph": pack(g), "arith": ev.arith})
+                for f, g in graphs.items()}
+        shards = [(f, j) for f in formats for j in range(len(xs))]
+        res = c.map_shards(_sweep_shard, [{"job": jobs[f], "x": xs[j]} for f, j in shards],
+                           sizes=[len(ev.xs[j]) for _, j in shards], progress=progress,
+                           desc=f"sweep {len(formats)} formats on {len(c.workers)} workers")
+    out = {}
+    for f in formats:
+        part = [r for (g, _), r in zip(shards, res, strict=True) if g == f]
+        logits = np.concatenate([p[0] for p in part]).reshape(len(ev.labels), -1)
+        out[f] = {**ev.score(logits), "backend": part[0][1],
+                  "seconds": round(sum(p[2] for p in part), 2)}
+    return out
+
+
+def _sweep_worker(job: dict):
+    from qcompile.driver.cluster import unpack
+
+    g = unpack(job["graph"])
+    if not any(is_op(n, "FQ") for n in g.nodes):
+        from qcompile.driver.context import ort_executor
+
+        ex = ort_executor()
+        return "ort", lambda x: ex.run(g, {g.inputs[0].name: x}, [g.outputs[0]])[g.outputs[0]]
+    from qcompile.backends.mpfr import Interpreter, make_config
+
+    it = Interpreter(g, make_config(format=job["arith"]), "fast")
+    it.prepare()
+    it.engine.A.warmup()
+    return "mpfr-fast", lambda x: it.run_numpy({g.inputs[0].name: x})[g.outputs[0].name]
+
+
+def _sweep_shard(shard: dict) -> tuple[np.ndarray, str, float]:
+    """On a worker: one batch of one format (its engine built once per worker)."""
+    from qcompile.driver.cluster import worker_cached
+
+    job = shard["job"]
+    backend, run = worker_cached(job["key"], lambda: _sweep_worker(job))
+    t0 = time.perf_counter()
+    y = run(shard["x"])
+    return y, backend, time.perf_counter() - t0
 
 
 def to_markdown(rep: dict) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from qcompile.driver.verify.compare import (
     EXAMPLES,
@@ -38,6 +39,7 @@ from qcompile.driver.verify.compare import (
     VerifyResult,
     format_text,
 )
+from qcompile.errors import QCompileError
 
 __all__ = ["EXAMPLES", "VERDICTS", "FloatCmp", "TensorCmp", "VerifyResult", "format_text",
            "verify_model"]
@@ -47,11 +49,15 @@ def verify_model(qmodel: str, data, *, preprocess: str = "none", limit: int | No
                  batch: int = 25, opt_level: str = "all", device: str = "cpu",
                  engine: str = "fast", threads: int = 0, dump: str | None = None,
                  reference: str | None = None, float_model: str | None = None,
-                 isolate: bool = False, log: Callable[[str], None] = lambda m: None) -> VerifyResult:
+                 isolate: bool = False, log: Callable[[str], None] = lambda m: None,
+                 cluster: str | None = None, progress: Callable | None = None) -> VerifyResult:
     """Run ``qmodel`` on ONNX Runtime and as the exact quantised network; compare.  With
     ``reference`` also against the float model in that format (:mod:`verify_reference`)."""
     from qcompile.driver.verify.session import VerifySession
 
+    if cluster and (reference or dump is not None):
+        raise QCompileError("--cluster: --reference and --dump run on this machine; drop "
+                            "--cluster or those options")
     t0 = time.perf_counter()
     vs = VerifySession(qmodel, opt_level=opt_level, device=device, engine=engine,
                        threads=threads)
@@ -69,7 +75,13 @@ def verify_model(qmodel: str, data, *, preprocess: str = "none", limit: int | No
         from qcompile.driver.verify.dump import GoldenDumper
 
         dumper = GoldenDumper(dump, vs)
-    for b in ds.batches(batch, indices=idx):
+    if cluster:
+        t_ort, t_exact = _on_cluster(cluster, vs, dict(
+            model=Path(qmodel).read_bytes(), name=Path(qmodel).name, opt_level=opt_level,
+            device=device, engine=engine, threads=threads, isolate=isolate,
+            preprocess=preprocess, limit=limit), data, ds, idx, batch, log, progress)
+        n = int(idx.size)
+    for b in ds.batches(batch, indices=idx) if not cluster else ():
         vs.check_input(b.x)
         ta = time.perf_counter()
         ort = vs.runner.run(b.x)
@@ -104,3 +116,94 @@ def verify_model(qmodel: str, data, *, preprocess: str = "none", limit: int | No
         res.extra["reference"] = rc.to_json(vs.runner.outputs)
         res.reference_report = rc.report(str(qmodel))
     return res
+
+
+def _on_cluster(spec: str, vs, job: dict, data, ds, idx, batch: int, log, progress
+                ) -> tuple[float, float]:
+    """The batches of the local loop compared on a Dask cluster (:mod:`qcompile.driver.cluster`),
+    one shard per local batch, each with its first image's position, so the merged counts,
+    maxima, histograms and the first examples equal a local run's; returns the summed
+    (ORT, exact) seconds."""
+    import numpy as np
+
+    from qcompile.driver.cluster import job_key, open_cluster
+
+    if not isinstance(data, str):
+        raise QCompileError("--cluster: verify a data path, not an opened data set")
+    parts = [idx[i:i + batch] for i in range(0, idx.size, batch)]
+    with open_cluster(spec, log) as c:
+        shared = c.data_note(data)
+        job = dict(job, data=str(Path(data).resolve()) if shared else None)
+        job["key"] = job_key(job["model"], repr(sorted((k, str(v)) for k, v in job.items()
+                                                       if k != "model")))
+        shards = [{"indices": p, "first": i * batch} for i, p in enumerate(parts)]
+        if not shared:
+            for sh, b in zip(shards, ds.batches(batch, indices=idx), strict=True):
+                sh["x"] = b.x
+        res = c.map_shards(verify_shard, shards, args=(c.broadcast(job),),
+                           sizes=[p.size for p in parts], progress=progress,
+                           desc=f"verify on {len(c.workers)} workers")
+    for r in res:  # in image order
+        for mine, theirs in zip(vs.tensors + vs.outputs, r["tensors"] + r["outputs"],
+                                strict=True):
+            merge(mine, theirs)
+        if r["isolated"] is not None:
+            if vs.isolated is None:
+                vs.isolated = {t.name: TensorCmp(t.name, t.op, t.kernel) for t in vs.tensors}
+            for name, t in r["isolated"].items():
+                merge(vs.isolated[name], t)
+    return float(np.sum([r["ort_s"] for r in res])), float(np.sum([r["exact_s"] for r in res]))
+
+
+def merge(into: TensorCmp | FloatCmp, part: TensorCmp | FloatCmp) -> None:
+    """Add a later shard's comparison ``part`` to ``into`` (what ``add`` on its images would
+    have done: sums, maxima, histogram, examples in image order up to EXAMPLES)."""
+    into.compared += part.compared
+    into.equal += part.equal
+    if isinstance(into, TensorCmp):
+        into.max_lsb = max(into.max_lsb, part.max_lsb)
+        into.hist.update(part.hist)
+        into.ort_above += part.ort_above
+        into.examples += part.examples[:max(EXAMPLES - len(into.examples), 0)]
+    else:
+        into.max_abs = max(into.max_abs, part.max_abs)
+        into.max_ref = max(into.max_ref, part.max_ref)
+        into.top1_agree += part.top1_agree
+        into.rows += part.rows
+
+
+def _verify_worker(job: dict):
+    import tempfile
+
+    from qcompile.driver.verify.session import VerifySession
+
+    path = Path(tempfile.mkdtemp(prefix="qcompile-verify-")) / job["name"]
+    path.write_bytes(job["model"])
+    vs = VerifySession(str(path), opt_level=job["opt_level"], device=job["device"],
+                       engine=job["engine"], threads=job["threads"])
+    ds = None
+    if job["data"] is not None:  # the client's own data call: the same view of the images
+        ds, _ = vs.open_data(job["data"], job["preprocess"], job["limit"], lambda m: None)
+    return vs, ds
+
+
+def verify_shard(shard: dict, job: dict) -> dict:
+    """On a worker: one batch through ORT and the exact network (both built once per job)."""
+    from qcompile.driver.cluster import worker_cached
+
+    vs, ds = worker_cached(job["key"], lambda: _verify_worker(job))
+    vs.tensors = [TensorCmp(t.name, t.op, t.kernel) for t in vs.tensors]
+    vs.outputs = [TensorCmp(o.name, o.op) if isinstance(o, TensorCmp) else FloatCmp(o.name)
+                  for o in vs.outputs]
+    vs.isolated = None
+    x = shard["x"] if "x" in shard else next(iter(ds.batches(len(shard["indices"]),
+                                                               indices=shard["indices"]))).x
+    vs.check_input(x)
+    ta = time.perf_counter()
+    ort = vs.runner.run(x)
+    tb = time.perf_counter()
+    vs.compare(ort, vs.run_exact(x), shard["first"])
+    if job["isolate"]:
+        vs.compare_isolated(ort, vs.run_isolated(x, ort), shard["first"])
+    return {"tensors": vs.tensors, "outputs": vs.outputs, "isolated": vs.isolated,
+            "ort_s": tb - ta, "exact_s": time.perf_counter() - tb}
