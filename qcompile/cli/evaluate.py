@@ -8,10 +8,14 @@ import typer
 
 from qcompile.cli.common import (
     app,
+    batch_option,
     cluster_option,
+    data_option,
     images_progress,
     json_option,
+    limit_option,
     preprocess_option,
+    seed_option,
     user_errors,
 )
 from qcompile.cli.common import echo_json as _echo_json
@@ -21,10 +25,11 @@ from qcompile.cli.common import echo_json as _echo_json
 @user_errors
 def eval_cmd(
     model: str = typer.Argument(..., help="ONNX model file (float or int8 QDQ)"),
-    data: str = typer.Option(..., "--data", help="labelled images: .npz/.npy or class folders"),
-    preprocess: str = preprocess_option(),
-    limit: Optional[int] = typer.Option(None, "--limit", help="evaluate at most N images"),
-    batch: int = typer.Option(64, "--batch", help="batch size for accuracy"),
+    data: str = data_option(),
+    preprocess: Optional[str] = preprocess_option(),
+    limit: Optional[int] = limit_option(),
+    seed: int = seed_option(),
+    batch: int = batch_option(),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="time batch 1 and 8"),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda (int8 on cuda: TensorRT EP)"),
     threads: int = typer.Option(0, "--threads", help="ORT intra-op threads (0: all cores)"),
@@ -33,13 +38,15 @@ def eval_cmd(
 ) -> None:
     """Top-1/top-5, per-class accuracy, latency (batch 1, 8) and file size of MODEL.
 
-    Images the model was calibrated on (recorded in its metadata) are left out.
+    Images the model was calibrated on (recorded in its metadata) are left out. For an int8
+    model written by `qcompile run`, the FP32 model it came from is evaluated on the same
+    images too (the baseline).
 
-    Example: qcompile eval r56_int8.onnx --data ../shared/data/cifar10_test_dev.npz --preprocess cifar
+    Example: qcompile eval resnet56_int8.onnx --data ../shared/data/cifar10_test_dev.npz
     """
     from qcompile.driver.evaluate import evaluate_model
 
-    rep = evaluate_model(model, data, preprocess=preprocess, limit=limit, batch=batch,
+    rep = evaluate_model(model, data, preprocess=preprocess, limit=limit, batch=batch, seed=seed,
                          latency=latency, device=device, threads=threads, cluster=cluster,
                          progress=images_progress if cluster else None,
                          log=lambda m: typer.echo(m, err=True))
@@ -53,6 +60,14 @@ def eval_cmd(
                   if rep["excluded_calibration_images"] else ""))
     typer.echo(f"  top-1   {100 * rep['top1']:.2f}%")
     typer.echo(f"  top-5   {100 * rep['top5']:.2f}%")
+    if "fp32_baseline" in rep:
+        base = rep["fp32_baseline"]
+        if base is None:
+            typer.echo("  FP32    unknown (this model does not record the float model it came "
+                       "from); run `qcompile compare FLOAT.onnx " + rep["model"] + " --data ...`")
+        else:
+            typer.echo(f"  FP32    {100 * base['top1']:.2f}% top-1 ({base['model']}, same images;"
+                       f" {100 * (rep['top1'] - base['top1']):+.2f} points)")
     if "latency_ms" in rep:
         lat = rep["latency_ms"]
         typer.echo(f"  latency batch 1: {lat['1']:.2f} ms, batch 8: {lat['8']:.2f} ms "
@@ -67,20 +82,21 @@ def eval_cmd(
 def compare(
     a: str = typer.Argument(..., help="reference model (e.g. float)"),
     b: str = typer.Argument(..., help="model to compare (e.g. int8)"),
-    data: str = typer.Option(..., "--data", help="labelled images: .npz/.npy or class folders"),
-    preprocess: str = preprocess_option(),
-    limit: Optional[int] = typer.Option(None, "--limit", help="compare on at most N images"),
-    batch: int = typer.Option(64, "--batch", help="batch size"),
+    data: str = data_option(),
+    preprocess: Optional[str] = preprocess_option(),
+    limit: Optional[int] = limit_option(),
+    seed: int = seed_option(),
+    batch: int = batch_option(),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda"),
     as_json: bool = json_option(),
 ) -> None:
     """Top-1 agreement, accuracy delta and logit SQNR of B against A on the same images.
 
-    Example: qcompile compare r56.onnx r56_int8.onnx --data ../shared/data/cifar10_test_dev.npz --preprocess cifar
+    Example: qcompile compare ../shared/data/cifar10_resnet56.onnx resnet56_int8.onnx --data ../shared/data/cifar10_test_dev.npz
     """
     from qcompile.driver.evaluate import compare_models
 
-    rep = compare_models(a, b, data, preprocess=preprocess, limit=limit, batch=batch,
+    rep = compare_models(a, b, data, preprocess=preprocess, limit=limit, batch=batch, seed=seed,
                          device=device, log=lambda m: typer.echo(m, err=True))
     if as_json:
         _echo_json(rep)

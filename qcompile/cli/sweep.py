@@ -7,13 +7,21 @@ from typing import Optional
 import typer
 
 from qcompile.cli.common import (
+    alias_option,
     app,
+    check_outputs,
+    check_plot,
     cluster_option,
+    data_option,
     echo_json,
+    format_option,
     images_progress,
     json_option,
+    limit_option,
+    merged,
     preprocess_option,
     progress,
+    seed_option,
     user_errors,
 )
 from qcompile.errors import QCompileError
@@ -25,18 +33,21 @@ DEFAULT_FORMATS = "int4,int8,e4m3,e5m2,bf16,posit8_1,posit16_1"
 @user_errors
 def sweep_cmd(
     model: str = typer.Argument(..., help="ONNX model file"),
-    data: str = typer.Option(..., "--data", help="labelled images (.npz/.npy or class folders); "
-                             "calibration and evaluation images are drawn from it, disjoint"),
-    preprocess: str = preprocess_option(),
-    limit: Optional[int] = typer.Option(1000, "--limit", help="evaluation images (default 1000)"),
-    calib_images: int = typer.Option(256, "--calib-images", help="calibration images"),
+    data: str = data_option("labelled images (.npz/.npy or class folders); calibration and "
+                            "evaluation images are drawn from it, disjoint"),
+    preprocess: Optional[str] = preprocess_option(),
+    limit: Optional[int] = limit_option(1000, "evaluation images"),
+    calib_images: int = typer.Option(256, "--calib-images", help="calibration images: the "
+                                     "sweep's own calibrate{images=N} (drawn by --seed)"),
     formats: str = typer.Option(DEFAULT_FORMATS, "--formats", help="comma list: int4|int8|int16, "
                                 "fp16|bf16|e5m2|e4m3|e2m1, bNeE, positN_ES; ranges b12e4..b20e4 "
                                 "and posit8_1..posit12_1 expand to every width"),
-    arith: str = typer.Option("fp32", "--arith", help="MPFR arithmetic format between the FQ ops"),
+    arith: str = format_option("fp32", "MPFR arithmetic format between the FQ ops (as "
+                               "`qcompile emulate --format`)"),
+    arith_old: Optional[str] = alias_option("--arith"),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="write the markdown table"),
     plot: Optional[str] = typer.Option(None, "--plot", help="write the accuracy-vs-bits PNG"),
-    seed: int = typer.Option(0, "--seed", help="seed of the calibration/evaluation draw"),
+    seed: int = seed_option("seed of the calibration draw and the --limit draw"),
     cluster: Optional[str] = cluster_option(),
     as_json: bool = json_option("print the report as JSON"),
 ) -> None:
@@ -51,12 +62,12 @@ def sweep_cmd(
       qcompile sweep m.onnx --data imgs/ --preprocess imagenet --formats "b12e4..b16e4" --json
     """
     from qcompile.driver.sweep import expand_formats, save_plot, sweep, to_markdown
-    from qcompile.files import atomic_write, check_output_path
+    from qcompile.files import atomic_write
 
     fmts = expand_formats(formats)  # validated before any work
-    for p in (output, plot):
-        if p is not None:
-            check_output_path(p)
+    arith = merged(arith, arith_old, "--format", "--arith", default="fp32")
+    check_outputs((output, "-o"))
+    check_plot(plot)
     if limit is not None and limit < 1:
         raise QCompileError("--limit: need at least 1 evaluation image")
     rep = sweep(model, data, fmts, preprocess=preprocess, limit=limit,

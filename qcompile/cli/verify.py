@@ -8,10 +8,17 @@ import typer
 
 from qcompile.cli.common import (
     app,
+    batch_option,
+    check_folder,
+    check_outputs,
+    check_plot,
     cluster_option,
+    data_option,
+    dump_option,
     echo_json,
     images_progress,
     json_option,
+    limit_option,
     preprocess_option,
     user_errors,
 )
@@ -24,9 +31,9 @@ OPT_LEVELS = ("all", "extended", "basic", "none")
 @user_errors
 def verify_cmd(
     model: str = typer.Argument(..., help="quantised (QDQ) ONNX model, e.g. from --target ort-int8"),
-    data: str = typer.Option(..., "--data", help="images: .npz/.npy, image folder or file"),
-    preprocess: str = preprocess_option(),
-    limit: Optional[int] = typer.Option(None, "--limit", help="verify at most K images"),
+    data: str = data_option("images: .npz/.npy, image folder or file"),
+    preprocess: Optional[str] = preprocess_option(),
+    limit: Optional[int] = limit_option(),
     layers: bool = typer.Option(False, "--layers", help="print the per-layer table"),
     isolate: bool = typer.Option(False, "--isolate", help="also evaluate every layer from ORT's "
                                  "own input tensors (departures a layer makes by itself)"),
@@ -34,7 +41,7 @@ def verify_cmd(
                                   "all|extended|basic|none (none: unfused QDQ kernels)"),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda (int8 on cuda: TensorRT EP)"),
     engine: str = typer.Option("fast", "--engine", help="MPFR engine: fast|reference"),
-    batch: int = typer.Option(25, "--batch", help="images per batch"),
+    batch: int = batch_option(25),
     threads: int = typer.Option(0, "--threads", help="ORT intra-op threads (0: all cores)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="also compare with the "
                                             "float model in this format: fp64, fp32, bf16, "
@@ -46,8 +53,8 @@ def verify_cmd(
                                          "per-layer SQNR table here (.md or .json)"),
     plot: Optional[str] = typer.Option(None, "--plot", help="with --reference: per-layer SQNR "
                                        "plot (.png)"),
-    dump: Optional[str] = typer.Option(None, "--dump", help="write golden vectors (npz + "
-                                       "manifest.json) of the exact network to this new folder"),
+    dump: Optional[str] = dump_option("write golden vectors (npz + manifest.json) of the "
+                                      "exact network to this new folder"),
     cluster: Optional[str] = cluster_option(),
     as_json: bool = json_option(),
 ) -> None:
@@ -59,11 +66,11 @@ def verify_cmd(
 
     Examples:
 
-      qcompile verify r20_int8.onnx --data ../shared/data/cifar10_test_dev.npz --preprocess cifar --limit 100 --layers
+      qcompile verify resnet56_int8.onnx --data ../shared/data/cifar10_test_dev.npz --limit 100 --layers
 
-      qcompile verify r20_int8.onnx --data D.npz --preprocess cifar --opt-level none --json
+      qcompile verify resnet56_int8.onnx --data ../shared/data/cifar10_test_dev.npz --opt-level none --json
 
-      qcompile verify r20_int8.onnx --data D.npz --preprocess cifar --reference fp64 --layers --plot sqnr.png
+      qcompile verify resnet56_int8.onnx --data ../shared/data/cifar10_test_dev.npz --reference fp64 --layers --plot sqnr.png
     """
     from qcompile.driver.verify import format_text, verify_model
 
@@ -75,8 +82,13 @@ def verify_cmd(
         raise OptionError("--report/--plot/--float need --reference FORMAT (e.g. fp64)")
     if report and not report.endswith((".md", ".json")):
         raise OptionError(f"--report: {report} should end in .md or .json")
-    if plot and not plot.endswith(".png"):
-        raise OptionError(f"--plot: {plot} should end in .png")
+    check_outputs((report, "--report"))  # every output before the long work
+    check_plot(plot)
+    check_folder(dump, "--dump")
+    from qcompile.driver.defaults import choose_preprocess, file_facts
+
+    preprocess = choose_preprocess(preprocess, [file_facts(model)], data,
+                                   lambda m: typer.echo(m, err=True))
     res = verify_model(model, data, preprocess=preprocess, limit=limit, batch=batch,
                        opt_level=opt_level, device=device, engine=engine, threads=threads,
                        dump=dump, reference=reference, float_model=float_model, isolate=isolate,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,14 +30,19 @@ from qcompile.data import Dataset
 from qcompile.data.calibration import calibration_indices
 from qcompile.data.model_input import ModelInput, run_batched
 from qcompile.driver.context import open_data
+from qcompile.driver.defaults import SOURCE_KEY, choose_preprocess, limited, runner_facts
 from qcompile.errors import QCompileError
 from qcompile.numerics.error import sqnr_from_sums
 
 
-def _open(data: str | Dataset, preprocess: str, log: Callable[[str], None]) -> Dataset:
+def _open(data: str | Dataset, preprocess: str | None, runners: list[ModelRunner],
+          log: Callable[[str], None]) -> Dataset:
+    """The data with ``preprocess``, or (None) the preset the models record / describe, or a
+    one-line refusal for uint8 images (driver/defaults.py, data/recipe.py)."""
     if isinstance(data, Dataset):
         return data
-    return open_data(data, preprocess, log=log)
+    pre = choose_preprocess(preprocess, [runner_facts(r) for r in runners], data, log)
+    return open_data(data, pre, log=log)
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
@@ -56,17 +62,17 @@ def _fit(runner: ModelRunner, ds: Dataset | None, log: Callable[[str], None]
             spec.batch)
 
 
-def _eval_indices(ds: Dataset, exclude: np.ndarray, limit: int | None) -> np.ndarray:
+def _eval_indices(ds: Dataset, exclude: np.ndarray, limit: int | None, seed: int = 0
+                  ) -> tuple[np.ndarray, dict | None]:
+    """(held-out positions, at most ``limit`` by the seeded stratified draw; its record)."""
     if ds.labels is None:
         raise QCompileError(f"data: {ds.source} has no labels; evaluation needs labelled images "
                             "(an .npz with 'labels' or class subfolders)")
-    idx = np.setdiff1d(np.arange(len(ds), dtype=np.int64), exclude)
-    if limit is not None:
-        idx = idx[: max(int(limit), 0)]
+    idx, rec = limited(ds, np.setdiff1d(np.arange(len(ds), dtype=np.int64), exclude), limit, seed)
     if idx.size == 0:
         raise QCompileError(f"data: no evaluation images left in {ds.source} "
                             f"({len(exclude)} used for calibration)")
-    return idx
+    return idx, rec
 
 
 def _topk(logits: np.ndarray, k: int) -> np.ndarray:
@@ -74,17 +80,21 @@ def _topk(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-logits, axis=1, kind="stable")[:, :k]
 
 
-def evaluate_model(model: str, data: str | Dataset, *, preprocess: str = "none",
+def evaluate_model(model: str, data: str | Dataset, *, preprocess: str | None = None,
                    limit: int | None = None, batch: int = 64, latency: bool = True,
                    device: str = "cpu", threads: int = 0, exclude_calibration: bool = True,
-                   indices: np.ndarray | None = None,
+                   indices: np.ndarray | None = None, seed: int = 0, baseline: bool = True,
                    cluster: str | None = None, progress: Callable | None = None,
                    log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Accuracy, per-class accuracy, latency (batch 1 and 8) and size of one model file."""
+    """Accuracy, per-class accuracy, latency (batch 1 and 8) and size of one model file; for
+    an int8 model written by ``qcompile run``, the float model it came from on the same
+    images (``fp32_baseline``) when that file is still there."""
     runner = ModelRunner(model, device=device, threads=threads)
-    ds = _open(data, preprocess, log)
+    ds = _open(data, preprocess, [runner], log)
     excluded = calibration_indices(runner.metadata, ds) if exclude_calibration else np.zeros(0, np.int64)
-    idx = _eval_indices(ds, excluded, limit) if indices is None else np.asarray(indices)
+    idx, limit_rec = (_eval_indices(ds, excluded, limit, seed) if indices is None
+                      else (np.asarray(indices), None))
+    raw_ds = ds
     opened = ds
     ds, predict, fixed = _fit(runner, ds, log)
     correct1 = correct5 = n = 0
@@ -119,7 +129,18 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str = "none",
                       for k, v in sorted(per_class.items())},
         "size_bytes": runner.size_bytes, "int8": runner.int8,
         "providers": runner.providers[:1], "eval_seconds": round(seconds, 3),
+        "limit": limit_rec,
     }
+    source = runner.metadata.get(SOURCE_KEY)
+    if baseline and runner.int8:
+        if source and Path(source).is_file():
+            base = evaluate_model(source, raw_ds, limit=None, batch=batch, latency=False,
+                                  device=device, threads=threads, indices=idx, baseline=False,
+                                  log=log)
+            report["fp32_baseline"] = {"model": source, "top1": base["top1"],
+                                       "top5": base["top5"]}
+        else:
+            report["fp32_baseline"] = None
     if device != "cpu" and first is not None:  # which EP ran each node (TensorRT or not)
         eps = node_providers(model, tile_batch(first, fixed or 1), device=device)
         report["node_providers"] = provider_summary(eps)
@@ -129,16 +150,16 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str = "none",
     return report
 
 
-def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str = "none",
+def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str | None = None,
                    limit: int | None = None, batch: int = 64, device: str = "cpu",
-                   threads: int = 0, log: Callable[[str], None] = lambda m: None
+                   threads: int = 0, seed: int = 0, log: Callable[[str], None] = lambda m: None
                    ) -> dict[str, Any]:
     """Top-1 agreement, accuracy delta and logit SQNR of B against A on the same images."""
     ra = ModelRunner(a, device=device, threads=threads)
     rb = ModelRunner(b, device=device, threads=threads)
-    ds = _open(data, preprocess, log)
+    ds = _open(data, preprocess, [ra, rb], log)
     excluded = np.union1d(calibration_indices(ra.metadata, ds), calibration_indices(rb.metadata, ds))
-    idx = _eval_indices(ds, excluded, limit)
+    idx, limit_rec = _eval_indices(ds, excluded, limit, seed)
     ds_a, pred_a, _ = _fit(ra, ds, log)
     ds_b, pred_b, _ = _fit(rb, ds, log)
     def key(d: Dataset) -> tuple:
@@ -168,7 +189,7 @@ def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str = "no
         "excluded_calibration_images": int(excluded.size),
         "top1_agreement": agree / n, "top1_a": ca / n, "top1_b": cb / n,
         "top1_delta": (cb - ca) / n,
-        "logits_sqnr_db": sqnr_from_sums(sig, noise),
+        "logits_sqnr_db": sqnr_from_sums(sig, noise), "limit": limit_rec,
     }
 
 

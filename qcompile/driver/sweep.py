@@ -110,7 +110,7 @@ class FormatEvaluator:
 
     model: str
     data: str
-    preprocess: str = "none"
+    preprocess: str | None = None
     limit: int | None = 1000
     calib_images: int = 256
     calib_method: str = "minmax"
@@ -125,9 +125,14 @@ class FormatEvaluator:
     def __post_init__(self) -> None:
         from qcompile.data.calibration import calibration_indices, held_out
         from qcompile.driver.context import open_data, ort_executor
+        from qcompile.driver.defaults import choose_preprocess, graph_facts, limited
         from qcompile.frontend import lift
         from qcompile.passes import PassContext, parse_pipeline, run_pipeline
 
+        self.float_graph = lift(self.model, warn=self.log)
+        self.preprocess = choose_preprocess(self.preprocess,
+                                            [graph_facts(self.float_graph, str(self.model))],
+                                            self.data, self.log)
         self.ds = open_data(self.data, self.preprocess, log=self.log)
         if getattr(self.ds, "labels", None) is None:
             raise QCompileError(f"sweep: {self.data} has no labels (an .npz with 'labels' or "
@@ -135,7 +140,6 @@ class FormatEvaluator:
         self.executor = ort_executor()
         self.ctx = PassContext(calib_data=self.ds, executor=self.executor,
                                rng=np.random.default_rng(self.seed), log=self.log)
-        self.float_graph = lift(self.model, warn=self.log)
         cal = (f"fold,calibrate{{images={self.calib_images},method={self.calib_method},"
                f"seed={self.seed}}}")
         self.graph = run_pipeline(self.float_graph.clone(), parse_pipeline(cal), self.ctx).graph
@@ -144,9 +148,8 @@ class FormatEvaluator:
         if rest.size == 0:
             raise QCompileError("sweep: no images left for evaluation after calibration; "
                                 "lower --calib-images")
-        # a seeded sample of the rest (data sets are often sorted by class)
-        pick = np.random.default_rng(self.seed + 7919).permutation(rest)
-        self.indices = np.sort(pick[: self.limit] if self.limit else pick)
+        # --limit: the seeded class-stratified draw of every command (data/select.py)
+        self.indices, self.limit_record = limited(self.ds, rest, self.limit, self.seed)
         xs, ys = [], []
         for b in self.ds.batches(self.batch, indices=self.indices):
             xs.append(b.x)
@@ -203,7 +206,7 @@ class FormatEvaluator:
         return float((self.fp32_logits.argmax(1) == self.labels).mean())
 
 
-def sweep(model: str, data: str, formats: Sequence[str], *, preprocess: str = "none",
+def sweep(model: str, data: str, formats: Sequence[str], *, preprocess: str | None = None,
           limit: int | None = 1000, calib_images: int = 256, arith: str = "fp32",
           seed: int = 0, log: Callable[[str], None] = lambda m: None,
           progress: Callable | None = None, cluster: str | None = None) -> dict[str, Any]:
@@ -224,6 +227,7 @@ def sweep(model: str, data: str, formats: Sequence[str], *, preprocess: str = "n
             f"{100 * r['agreement']:.2f}%  ({r['backend']}, {r['seconds']} s)")
     return {"model": str(model), "data": str(data), "images": int(len(ev.labels)),
             "calibration_images": int(ev.calib_indices.size), "arith": arith,
+            "limit": ev.limit_record,
             "fp32_top1": fp32, "rows": rows}
 
 
