@@ -184,3 +184,23 @@ def test_emulate_lite0_on_the_128_photo_resizes_and_says_so(shared_data):
     assert r.exit_code == 0, r.output
     assert "128x128 images resized/cropped to it" in r.stderr
     assert json.loads(r.stdout)["results"][0]["top5"][0][0] == 292  # tiger
+
+
+def test_version_and_headline_examples():
+    from qcompile._version import __version__
+
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"qcompile {__version__}"
+    text = " ".join(invoke("--help").stdout.split())
+    for cmd in ("qcompile run ../shared/data/cifar10_resnet56.onnx -t ort-int8",
+                "qcompile emulate ../shared/data/efficientnet_lite0.onnx",
+                "qcompile verify resnet56_int8.onnx"):
+        assert cmd in text, cmd
+
+
+def test_sweep_format_and_old_arith_spelling(files):
+    model, data = files
+    help_text = invoke("sweep", "--help").stdout
+    assert "--format" in help_text and "--arith" not in help_text
+    one_error(invoke("sweep", model, "--data", data, "--preprocess", "none", "--format", "bf16",
+                     "--arith", "fp16"), "--arith")

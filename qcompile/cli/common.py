@@ -12,11 +12,21 @@ import typer
 
 from qcompile.errors import QCompileError
 
+#: ``qcompile --help``'s headline examples, on the shipped files (repo root, ../shared/data beside)
+EXAMPLES = (
+    "Examples (from the repo root, ../shared/data beside it):\n\n"
+    "qcompile run ../shared/data/cifar10_resnet56.onnx -t ort-int8 --calib "
+    "../shared/data/cifar10_test_dev.npz --preprocess cifar -o resnet56_int8.onnx\n\n"
+    "qcompile emulate ../shared/data/efficientnet_lite0.onnx --bits 15 --image "
+    "../shared/data/tiger128.jpg --preprocess lite0\n\n"
+    "qcompile verify resnet56_int8.onnx --data ../shared/data/cifar10_test_dev.npz --limit 100")
+
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="qcompile: quantise CNNs as a compiler does. ONNX in -> IR -> passes -> ONNX Runtime or MPFR.",
+    epilog=EXAMPLES,
 )
 
 
@@ -44,9 +54,20 @@ OPTION_BOUNDS: dict[str, tuple[str, int | None, int | None]] = {
 DEBUG = {"on": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from qcompile._version import __version__
+
+        typer.echo(f"qcompile {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(debug: bool = typer.Option(False, "--debug", help="on an internal error, print "
-                                       "the traceback (for a bug report)")) -> None:
+                                       "the traceback (for a bug report)"),
+            version: bool = typer.Option(False, "--version", callback=_print_version,
+                                         is_eager=True, help="print the version and exit"),
+            ) -> None:
     """qcompile: quantise CNNs as a compiler does. ONNX in -> IR -> passes -> ONNX Runtime or MPFR."""
     import os
 
