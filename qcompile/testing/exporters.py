@@ -18,131 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+
+from qcompile.testing import zoo
+from qcompile.testing.exporter_graph import CLASSES, HW, ExporterGraph
 
 __all__ = ["Case", "CASES", "HW", "CLASSES", "dynamo", "torchscript", "tf2onnx", "caffe2",
            "paddle", "mobilenet_v2", "mobilenet_v3", "efficientnet_b0", "densenet", "inception",
-           "shufflenet", "input_shape"]
+           "shufflenet", "segmentation", "resnet18_dynamo", "input_shape"]
 
-HW, CLASSES = 16, 5
-F = TensorProto.FLOAT
-
-
-class _G:
-    """A tiny graph builder: ``g.node(op, inputs, **attrs)`` returns its (first) output name.
-
-    ``prefix`` shapes the value names the way the exporter does (``val_``, numeric, ``model/``).
-    ``const_nodes``: weights are ``Constant`` nodes instead of initializers (paddle2onnx).
-    """
-
-    def __init__(self, seed: int, opset: int, prefix: str = "", const_nodes: bool = False,
-                 numeric: bool = False) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.opset, self.prefix, self.const_nodes, self.numeric = opset, prefix, const_nodes, numeric
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.k = 0
-
-    def _name(self) -> str:
-        self.k += 1
-        return f"{self.prefix}{self.k + 100 if self.numeric else self.k}"
-
-    # -- values ---------------------------------------------------------------------------
-    def c(self, value, dtype=np.float32) -> str:
-        """A constant: an initializer, or a Constant node when ``const_nodes``."""
-        arr = np.asarray(value, dtype)
-        if self.const_nodes:
-            return self.constant(arr, dtype)
-        name = f"{self.prefix}c{len(self.inits)}" if not self.numeric else \
-            f"onnx::Const_{len(self.inits)}"
-        self.inits.append(numpy_helper.from_array(arr, name))
-        return name
-
-    def constant(self, value, dtype=np.int64) -> str:
-        """A ``Constant`` node (TorchScript, paddle)."""
-        return self.node("Constant", [], value=numpy_helper.from_array(np.asarray(value, dtype)))
-
-    def ints(self, value) -> str:
-        return self.c(value, np.int64)
-
-    def node(self, op: str, inputs, n_out: int = 1, **attrs) -> str:
-        outs = [self._name() for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op, list(inputs), outs,
-                                           name=f"/{op}_{len(self.nodes)}", **attrs))
-        return outs[0]
-
-    def nodes_out(self) -> list[str]:
-        return list(self.nodes[-1].output)
-
-    # -- layers ---------------------------------------------------------------------------
-    def conv(self, x, cin, cout, k=3, stride=1, pads=None, group=1, bias=True) -> str:
-        fan = cin // group * k * k
-        w = self.rng.normal(0, np.sqrt(2.0 / fan), (cout, cin // group, k, k))
-        ins = [x, self.c(w)] + ([self.c(self.rng.normal(0, 0.1, cout))] if bias else [])
-        p = [k // 2] * 4 if pads is None else pads
-        return self.node("Conv", ins, kernel_shape=[k, k], strides=[stride, stride], pads=p,
-                         group=group, dilations=[1, 1])
-
-    def bn(self, x, c) -> str:
-        r = self.rng
-        ps = [r.uniform(0.5, 1.5, c), r.normal(0, 0.1, c), r.normal(0, 0.1, c),
-              r.uniform(0.5, 1.5, c)]
-        extra = {"spatial": 1} if self.opset < 9 else {}
-        return self.node("BatchNormalization", [x] + [self.c(p) for p in ps], epsilon=1e-5,
-                         momentum=0.9, **extra)
-
-    def gemm(self, x, cin, cout) -> str:
-        bound = 1 / np.sqrt(cin)
-        return self.node("Gemm", [x, self.c(self.rng.uniform(-bound, bound, (cout, cin))),
-                                  self.c(self.rng.uniform(-bound, bound, cout))],
-                         alpha=1.0, beta=1.0, transB=1)
-
-    def relu6(self, x) -> str:
-        if self.opset < 11:
-            return self.node("Clip", [x], min=0.0, max=6.0)
-        return self.node("Clip", [x, self.c(0.0), self.c(6.0)])
-
-    def unsqueeze(self, x, axes) -> str:
-        if self.opset < 13:
-            return self.node("Unsqueeze", [x], axes=list(axes))
-        return self.node("Unsqueeze", [x, self.ints(axes)])
-
-    def squeeze(self, x, axes) -> str:
-        if self.opset < 13:
-            return self.node("Squeeze", [x], axes=list(axes))
-        return self.node("Squeeze", [x, self.ints(axes)])
-
-    def reduce_mean(self, x, axes, keepdims) -> str:
-        if self.opset < 18:
-            return self.node("ReduceMean", [x], axes=list(axes), keepdims=keepdims)
-        return self.node("ReduceMean", [x, self.ints(axes)], keepdims=keepdims)
-
-    def gap_flatten_gemm(self, x, c) -> str:
-        y = self.node("GlobalAveragePool", [x])
-        return self.gemm(self.node("Flatten", [y], axis=1), c, CLASSES)
-
-    # -- model ----------------------------------------------------------------------------
-    def model(self, out: str, x_name: str, x_shape, out_shape, name: str,
-              ir: int | None = None, inits_as_inputs: bool = False,
-              producer: str = "pytorch") -> onnx.ModelProto:
-        for n in self.nodes:
-            n.output[:] = [out if o == self.last else o for o in n.output]
-            n.input[:] = [out if i == self.last else i for i in n.input]
-        inputs = [helper.make_tensor_value_info(x_name, F, x_shape)]
-        if inits_as_inputs:
-            inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                       for t in self.inits]
-        g = helper.make_graph(self.nodes, name, inputs,
-                              [helper.make_tensor_value_info(out, F, out_shape)], self.inits)
-        opsets = [helper.make_opsetid("", self.opset)]
-        m = helper.make_model(g, opset_imports=opsets, producer_name=producer)
-        m.ir_version = ir or max(3, helper.find_min_ir_version_for(opsets))
-        onnx.checker.check_model(m)
-        return m
-
-    @property
-    def last(self) -> str:
-        return self.nodes[-1].output[0]
+_G = ExporterGraph
 
 
 # -- exporters ------------------------------------------------------------------------------
@@ -371,6 +256,90 @@ def shufflenet(seed: int = 0) -> onnx.ModelProto:
     return g.model("logits", "input", ["N", 3, HW, HW], ["N", CLASSES], "shufflenet")
 
 
+def segmentation(opset: int = 11, seed: int = 0) -> onnx.ModelProto:
+    """A segmentation / FPN head as the TorchScript exporter writes it at opset 11: encoder
+    Conv+BN+ReLU (stride 2, 8x8) and Conv+ReLU (stride 2, 4x4); ``F.interpolate(scale_factor=2)``
+    as Resize(nearest, roi and scales inputs), Concat with the skip, Conv+ReLU, bilinear
+    ``F.interpolate`` to the input size as Resize(linear, pytorch_half_pixel), a 1x1 Conv to
+    per-pixel class scores [N, 5, 16, 16]."""
+    g = _G(seed, opset, numeric=True)
+    skip = g.node("Relu", [g.bn(g.conv("input.1", 3, 8, stride=2, bias=False), 8)])
+    y = g.node("Relu", [g.conv(skip, 8, 16, stride=2)])
+    roi, scales = g.c(np.zeros(0)), g.c([1.0, 1.0, 2.0, 2.0])
+    y = g.node("Resize", [y, roi, scales], mode="nearest", nearest_mode="floor",
+               coordinate_transformation_mode="asymmetric")
+    y = g.node("Relu", [g.conv(g.node("Concat", [y, skip], axis=1), 24, 8)])
+    y = g.node("Resize", [y, roi, scales], mode="linear",
+               coordinate_transformation_mode="pytorch_half_pixel")
+    g.conv(y, 8, CLASSES, k=1, pads=[0] * 4)
+    return g.model("output", "input.1", ["batch", 3, HW, HW], ["batch", CLASSES, HW, HW],
+                   "torch_jit")
+
+
+def resnet18_dynamo(image_size: int = 128, num_classes: int = 1000,
+                    seed: int = 0) -> onnx.ModelProto:
+    """torchvision's ResNet-18 as ``torch.onnx.export(..., dynamo=True)`` writes it, with the
+    weights of ``zoo.resnet(18, image_size=..., seed=...)`` (same function, same numbers):
+    opset 18, IR 10, input ``x`` with batch ``s0``, parameters named by their state-dict path,
+    every other value ``val_N``, nodes ``node_<Op>_N``; BatchNormalization left unfolded
+    (``training_mode=0``); Relu (no Clip); explicit ``dilations``/``group``/``ceil_mode``;
+    the average pool as ReduceMean(axes=[-1, -2] input, keepdims=1); ``torch.flatten(x, 1)`` as
+    Shape -> Gather(0) -> Unsqueeze -> Concat(-1) -> Reshape; ``fc`` as Gemm(transB=1)."""
+    src = zoo.resnet(18, num_classes=num_classes, image_size=image_size, seed=seed, opset=18,
+                     batch="s0")
+    params = {t.name for t in src.graph.initializer}
+    names = {"input": "x", "logits": "linear"}
+    nodes: list[onnx.NodeProto] = []
+    inits = list(src.graph.initializer)
+    count = iter(range(10 ** 6))
+
+    def val() -> str:
+        return f"val_{next(count)}"
+
+    def const(value) -> str:
+        name = val()
+        inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return name
+
+    def emit(op, ins, out=None, **attrs) -> str:
+        out = out or val()
+        nodes.append(helper.make_node(op, ins, [out], name=f"node_{op}_{len(nodes)}", **attrs))
+        return out
+
+    for n in src.graph.node:
+        ins = [i if i in params else names[i] for i in n.input]
+        out = names.get(n.output[0]) or val()
+        names[n.output[0]] = out
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "GlobalAveragePool":
+            emit("ReduceMean", [ins[0], const([-1, -2])], out, keepdims=1)
+        elif n.op_type == "Flatten":
+            batch = emit("Gather", [emit("Shape", [ins[0]]), const(0)], axis=0)
+            shape = emit("Concat", [emit("Unsqueeze", [batch, const([0])]), const([-1])], axis=0)
+            emit("Reshape", [ins[0], shape], out)
+        else:
+            if n.op_type == "Conv":
+                attrs.update(dilations=[1, 1], group=attrs.get("group", 1))
+            elif n.op_type == "MaxPool":
+                attrs.update(dilations=[1, 1], ceil_mode=0)
+            elif n.op_type == "BatchNormalization":
+                attrs.update(momentum=0.9, training_mode=0)
+            elif n.op_type == "Gemm":
+                attrs.update(alpha=1.0, beta=1.0)
+            emit(n.op_type, ins, out, **attrs)
+    g = helper.make_graph(
+        nodes, "main_graph",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["s0", 3, image_size,
+                                                                     image_size])],
+        [helper.make_tensor_value_info("linear", onnx.TensorProto.FLOAT, ["s0", num_classes])],
+        inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)],
+                          producer_name="pytorch", producer_version="2.10.0")
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    return m
+
+
 # -- registry -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -396,6 +365,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("densenet", densenet),
     Case("inception", inception),
     Case("shufflenet", shufflenet),
+    Case("segmentation11", segmentation),
+    Case("segmentation13", lambda: segmentation(13)),
 ]}
 
 

@@ -1,7 +1,9 @@
 """Lowering: qcompile Graph -> ONNX ModelProto, through the per-op table in ``rules.py``.
 
 Every node is lowered by its rule (a default-domain op passes through as it is; qcompile ops
-have explicit rules). Unsupported ops are reported all at once before anything is built. The
+have explicit rules). Unsupported ops are reported all at once before anything is built. A rule
+that emits an op newer than the graph's opset asks for an upgrade (``ctx.require_opset``); the
+built model is then converted up (:func:`qcompile.backends.ort.opset.upgrade_opset`). The
 result passes ``onnx.checker``; ``save_model`` writes atomically (temp file, then rename).
 """
 
@@ -14,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from qcompile.backends.ort.opset import restore_source_opset
+from qcompile.backends.ort.opset import restore_source_opset, upgrade_opset
 from qcompile.backends.ort.proto import to_tensor, value_info
 from qcompile.backends.ort.rules import LOWER, LoweringContext, refuse_float_formats
 from qcompile.errors import QCompileError
@@ -60,6 +62,8 @@ def lower(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
     if props.get("model_version", "0") not in ("", "0"):
         model.model_version = int(props["model_version"])
     helper.set_model_props(model, dict(graph.metadata))
+    if ctx.upgrade is not None:
+        model = upgrade_opset(model, *ctx.upgrade)
     model = restore_source_opset(model, graph)
     if check:
         try:

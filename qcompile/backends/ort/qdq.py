@@ -7,11 +7,14 @@
   integer initializer ``x_quantized`` followed by ``DequantizeLinear`` only; the float constant
   is dropped from the model when nothing else uses it. int32 bias likewise.
 
-``axis`` (per-channel) becomes the ``axis`` attribute. 2-bit (ternary) weights are stored as
-INT4 codes in ``[-1, 1]`` (ONNX has no 2-bit type; the codes are exact). 16-bit and 4-bit types
-need
-QuantizeLinear/DequantizeLinear from opset 21, so the model's default opset is raised to 21
-when such a node is present (the CNN ops qcompile emits are unchanged between 17 and 21).
+``axis`` (per-channel) becomes the ``axis`` attribute, which DequantizeLinear has from opset 13:
+a graph at opset 11/12 with a per-channel QDQ is lowered and then converted to opset 13 with
+``onnx.version_converter`` (Unsqueeze/Squeeze/Split axes become inputs and so on; relabelling
+the number alone would give an invalid or different model). 2-bit (ternary) weights are stored
+as INT4 codes in ``[-1, 1]`` (ONNX has no 2-bit type; the codes are exact). 16-bit and 4-bit
+types need QuantizeLinear/DequantizeLinear from opset 21: from opset 17 the number is relabelled
+to 21 (the CNN ops qcompile emits are unchanged between 17 and 21), below 17 the model is
+converted.
 """
 
 from __future__ import annotations
@@ -46,7 +49,12 @@ def lower_qdq(node: Node, ctx: LoweringContext) -> None:
         raise ValueError(f"QDQ {node.name!r}: 2-bit activations have no ONNX type (2-bit "
                          "weights are stored as int4 codes in [-1, 1])")
     if qt.bits in (2, 4, 16) and ctx.graph.opset < 21:
-        ctx.extra_opsets[""] = 21
+        if ctx.graph.opset >= 17:
+            ctx.extra_opsets[""] = 21
+        else:
+            ctx.require_opset(21, f"{qt.bits}-bit QuantizeLinear/DequantizeLinear")
+    if axis is not None:
+        ctx.require_opset(13, "per-channel DequantizeLinear (its axis attribute)")
     if s.const is None or z.const is None:
         raise ValueError(f"QDQ {node.name!r}: scale and zero point must be constants")
     scale = np.asarray(s.const, np.float32)

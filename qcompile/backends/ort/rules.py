@@ -25,10 +25,17 @@ class LoweringContext:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     extra_opsets: dict[str, int] = field(default_factory=dict)
     skip_initializers: set[str] = field(default_factory=set)  # replaced by a rule (e.g. int8)
+    #: default-domain opset the lowered model must be converted up to, and why (first reason)
+    upgrade: tuple[int, str] | None = None
 
     @property
     def opset(self) -> int:
         return self.graph.opset
+
+    def require_opset(self, opset: int, why: str) -> None:
+        """The lowered model needs default-domain ``opset`` (converted, not relabelled)."""
+        if self.graph.opset < opset and (self.upgrade is None or self.upgrade[0] < opset):
+            self.upgrade = (opset, why)
 
 
 Rule = Callable[[Node, LoweringContext], None]
