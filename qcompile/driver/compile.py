@@ -18,6 +18,7 @@ from qcompile.driver.targets import check_graph, configure_pipeline, get_target
 from qcompile.errors import QCompileError
 from qcompile.files import check_output_path
 from qcompile.passes import REGISTRY, DumpDir, PrintAfter, run_pipeline
+from qcompile.passes.dequantize import quantised_ops
 
 
 def _split(text: str) -> list[str]:
@@ -56,7 +57,12 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str | None =
                             f"{', '.join(sorted(REGISTRY))} or all")
     out = check_output_path(output, "-o")
     graph = canonical(lift(model, warn=log), log)
-    check_graph(tgt, graph, stage="input")
+    n_quant = quantised_ops(graph)
+    if n_quant and written[:1] != ["dequantize"]:
+        raise QCompileError(f"{model} is already quantised ({n_quant} QuantizeLinear/QLinear ops)"
+                            "; add 'dequantize' first: -p dequantize,calibrate,quantize")
+    if not n_quant:
+        check_graph(tgt, graph, stage="input")
     if calib is not None:
         preprocess = choose_preprocess(preprocess, [graph_facts(graph, str(model))], calib, log)
     ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
@@ -67,7 +73,15 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str | None =
     if dump_dir:
         instruments.append(DumpDir(dump_dir))
     ctx.instruments = instruments + list(extra_instruments)  # e.g. run --report
-    result = run_pipeline(graph, pipeline, ctx)
+    if n_quant:  # dequantize, then lower and lift: ONNX infers the shapes com.microsoft ops hid
+        k = [p.name for p in pipeline].index("dequantize") + 1
+        first = run_pipeline(graph, pipeline[:k], ctx)
+        graph = canonical(lift(lower(first.graph), name=graph.name), log)
+        check_graph(tgt, graph, stage="input")
+        result = run_pipeline(graph, pipeline[k:], ctx)
+        result.results[:0] = first.results
+    else:
+        result = run_pipeline(graph, pipeline, ctx)
     check_graph(tgt, result.graph, stage="output")
     record_preprocess(result.graph.metadata, preprocess)
     if tgt.name == "ort-int8":

@@ -19,6 +19,7 @@ from qcompile.passes.canonicalize import Canonicalize
 from qcompile.passes.cle import CrossLayerEqualize
 from qcompile.passes.cleanup import Cleanup
 from qcompile.passes.clip_search import ClipSearch
+from qcompile.passes.dequantize import Dequantize
 from qcompile.passes.fold import FoldBatchNorm
 from qcompile.passes.pipeline import (
     DumpDir,
@@ -46,6 +47,7 @@ REGISTRY: dict[str, type[Pass]] = {
     "bias_correct": BiasCorrect,
     "clip_search": ClipSearch,
     "reconstruct": Reconstruct,
+    "dequantize": Dequantize,
 }
 
 __all__ = [
