@@ -52,7 +52,7 @@ def test_conformance(workspaces, case, command):
 def test_cases_cover_every_exporter_and_family():
     want = {"dynamo", "torchscript9", "torchscript13", "torchscript17", "tf2onnx", "caffe2_7",
             "caffe2_9", "paddle", "mobilenet_v2", "mobilenet_v3", "efficientnet_b0",
-            "densenet", "inception", "shufflenet"}
+            "densenet", "inception", "shufflenet", "segmentation11", "segmentation13"}
     assert want <= set(CASES)
 
 
@@ -89,8 +89,53 @@ def test_builders_are_deterministic_and_shaped_like_their_exporter(case):
         assert {"Split", "Transpose", "Reshape", "Concat"} <= ops
     elif case in ("densenet", "inception"):
         assert "Concat" in ops
+    elif case.startswith("segmentation"):
+        modes = [a.s for n in m.graph.node if n.op_type == "Resize" for a in n.attribute
+                 if a.name == "mode"]
+        assert sorted(modes) == [b"linear", b"nearest"] and "Concat" in ops
     if case.startswith("mobilenet") or case == "efficientnet_b0":
         assert any(a.name == "group" and a.i > 1 for n in m.graph.node for a in n.attribute)
+
+
+#: case -> ops ORT must run as integer kernels in the int8 model (counted on its optimised
+#: graph): the placement quantize is meant to reach on that exporter's graph
+FUSED = {
+    "efficientnet_b0": {"QLinearConv": 7, "QLinearSigmoid": 6, "QLinearMul": 6, "QLinearAdd": 1},
+    "inception": {"QLinearConv": 8, "QLinearConcat": 1, "NhwcMaxPool": 2},
+    "densenet": {"QLinearConv": 6, "QLinearConcat": 2},
+    "shufflenet": {"QLinearConv": 5, "QLinearConcat": 1},
+    "mobilenet_v3": {"QLinearConv": 7, "QLinearMul": 1, "QLinearAdd": 1},
+    "segmentation11": {"QLinearConv": 3, "QLinearConcat": 1},
+    "caffe2_9": {"QLinearConv": 3, "QLinearAdd": 2, "QLinearAveragePool": 1},
+}
+#: and the float ops the quantize note must list (the rest ran on integers)
+FLOAT = {"efficientnet_b0": set(), "inception": set(), "shufflenet": set(),
+         "mobilenet_v3": {"HardSwish", "HardSigmoid"}, "caffe2_9": {"LRN", "Softmax"},
+         "segmentation11": {"Resize"}, "densenet": {"BatchNormalization", "Relu", "AveragePool"}}
+
+
+@pytest.mark.parametrize("case", sorted(FUSED))
+def test_int8_model_fuses_what_it_should(workspaces, case):
+    import json
+
+    import onnx
+
+    from conformance.harness import invoke
+    from qcompile.backends.ort.measure import optimized_op_counts
+
+    ws = workspaces(case)
+    out = ws.dir / "int8_fused.onnx"
+    bad, r = invoke("run", ws.path, "-p", "fold,calibrate,quantize", "-t", "ort-int8", "--calib",
+                    ws.calib, "-o", out, "--json")
+    assert bad is None, bad
+    ops = optimized_op_counts(onnx.load(out))
+    got = {k: ops.get(f"com.microsoft.{k}", 0) for k in FUSED[case]}
+    assert got == FUSED[case], dict(ops)
+    q = next(p for p in json.loads(r.stdout)["passes"] if p["pass"].startswith("quantize"))
+    floats = {k.removeprefix("float_") for k in q["stats"] if k.startswith("float_")}
+    assert floats == {op.lower() for op in FLOAT[case]}
+    note = [n for n in q["notes"] if n.startswith("kept in float: ")]
+    assert (note and all(f"{op} x" in note[0] for op in FLOAT[case])) or not FLOAT[case]
 
 
 def test_unsupported_op_is_refused_in_one_line_naming_it(tmp_path):
