@@ -12,13 +12,22 @@ Inception, ShuffleNet; random weights, 16x16 input) through every command, via t
 
 Each cell: ok / refused: <one-line error> / crash: <last line> / wrong: <what disagreed>.
 
-    python benchmarks/bench_conformance.py
+Then the dynamo-export speed check: ``qcompile emulate --bits 15`` (b15e4) with the tiger
+image at 128x128, ImageNet preprocessing, on ``exporters.resnet18_dynamo()`` and on
+``zoo.resnet(18)`` with the same weights, interleaved, ``--repeat`` times each (median): wall
+time of the whole command (lift, canonicalize, kernel compile, run) and the emulation time the
+command reports; ratio dynamo / zoo (target <= 1.1); whether the logits are bit-identical.
 
-Prints a markdown table; writes benchmarks/results/bench_conformance.json.
+    python benchmarks/bench_conformance.py [--repeat 3] [--skip-table] [--skip-resnet18]
+
+Prints markdown tables; writes benchmarks/results/bench_conformance.json.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import statistics
 import sys
 import tempfile
 import time
@@ -30,10 +39,67 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conformance.harness import BENCH_COMMANDS, CASES, Outcome, Workspace, run_command  # noqa: E402
 
-from benchmarks._common import table, write_json  # noqa: E402
+from benchmarks._common import DATA, table, write_json  # noqa: E402
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-table", action="store_true")
+    ap.add_argument("--skip-resnet18", action="store_true")
+    args = ap.parse_args()
+    out: dict = {}
+    if not args.skip_table:
+        out.update(conformance_table())
+    if not args.skip_resnet18:
+        out["resnet18_dynamo_b15e4"] = resnet18_speed(args.repeat)
+    path = write_json("bench_conformance", out)
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+def resnet18_speed(repeat: int) -> dict:
+    """emulate b15e4 on the dynamo-style and the zoo ResNet-18 (same weights), interleaved."""
+    import onnx
+    from conformance.harness import invoke
+
+    from qcompile.testing import zoo
+    from qcompile.testing.exporters import resnet18_dynamo
+
+    image = DATA / "tiger128.jpg"
+    times: dict[str, dict[str, list[float]]] = {"dynamo": {"wall": [], "emulate": []},
+                                                "zoo": {"wall": [], "emulate": []}}
+    logits: dict[str, list] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"dynamo": Path(tmp) / "resnet18_dynamo.onnx", "zoo": Path(tmp) / "resnet18.onnx"}
+        onnx.save(resnet18_dynamo(image_size=128), paths["dynamo"])
+        onnx.save(zoo.resnet(18, image_size=128), paths["zoo"])
+        for _ in range(repeat):
+            for kind, path in paths.items():
+                t = time.perf_counter()
+                bad, r = invoke("emulate", path, "--bits", "15", "--image", image,
+                                "--preprocess", "imagenet", "--json")
+                wall = time.perf_counter() - t
+                if bad:
+                    raise SystemExit(f"emulate {kind}: {bad.status}: {bad.detail}")
+                rep = json.loads(r.stdout)
+                times[kind]["wall"].append(wall)
+                times[kind]["emulate"].append(float(rep["seconds"]))
+                logits[kind] = rep["results"][0]["logits"]
+    med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in times.items()}
+    ratio = {m: med["dynamo"][m] / med["zoo"][m] for m in ("wall", "emulate")}
+    rows = [[kind, f"{med[kind]['wall']:.2f}", f"{med[kind]['emulate']:.2f}"]
+            for kind in ("zoo", "dynamo")]
+    rows.append(["ratio dynamo / zoo", f"{ratio['wall']:.3f}", f"{ratio['emulate']:.3f}"])
+    print(f"\nResNet-18 128x128, emulate --bits 15 (b15e4), median of {repeat}:\n")
+    print(table(["graph", "command wall (s)", "emulation (s)"], rows))
+    same = logits["dynamo"] == logits["zoo"]
+    print(f"\nlogits bit-identical: {same}; target ratio <= 1.1: "
+          f"{'met' if ratio['wall'] <= 1.1 and ratio['emulate'] <= 1.1 else 'MISSED'}")
+    return {"repeat": repeat, "seconds": times, "median": med, "ratio": ratio,
+            "logits_identical": same}
+
+
+def conformance_table() -> dict:
     rows, results = [], {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,9 +124,7 @@ def main() -> None:
     n_ok = sum(r["status"] == "ok" for res in results.values() for r in res.values())
     n = sum(len(res) for res in results.values())
     print(f"\n{n_ok}/{n} ok in {time.perf_counter() - t0:.1f} s")
-    path = write_json("bench_conformance", {"commands": list(BENCH_COMMANDS), "results": results,
-                                            "ok": n_ok, "total": n})
-    print(f"wrote {path.relative_to(ROOT)}")
+    return {"commands": list(BENCH_COMMANDS), "results": results, "ok": n_ok, "total": n}
 
 
 def cell_of(r: dict) -> str:
