@@ -46,6 +46,9 @@ def report_cmd(
                                          "report here (default: print it)"),
     plot: Optional[str] = typer.Option(None, "--plot", help="write a PNG of SQNR per layer, one "
                                        "line per pass stage"),
+    html: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML "
+                                       "report (sortable tables, SVG plots, no network) and "
+                                       "its .json sidecar"),
     as_json: bool = json_option("print the report as JSON"),
 ) -> None:
     """SQNR of every layer's output after each pass, and which passes declined where and why.
@@ -75,15 +78,23 @@ def report_cmd(
         raise QCompileError(f"--limit {limit}: need at least 1 evaluation image")
     check_outputs((output, "-o"))  # before the (long) pipeline runs
     check_plot(plot)  # .png, writable, matplotlib importable
+    if html is not None:
+        from qcompile.driver.html_report import check_html_path
+
+        check_html_path(html)
     text = preset_pipeline(preset) if preset is not None else passes
     rep = pass_report(model, text, calib=calib, preprocess=preprocess, data=data, limit=limit,
                       batch=batch, target=target, cpu=cpu, seed=seed, progress=progress,
                       log=lambda m: typer.echo(m, err=True))
     write_outputs(rep, markdown=output, png=plot)
+    if html is not None:
+        from qcompile.driver.html_report import pass_report_page, write_page
+
+        write_page(pass_report_page(rep, rep.graph), html)
     if as_json:
         echo_json(rep.to_json())
     elif output is None:
         typer.echo(rep.to_markdown())
-    for path in (output, plot):
+    for path in (output, plot, html):
         if path is not None:
             typer.echo(f"wrote {path}", err=True)

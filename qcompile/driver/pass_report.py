@@ -95,6 +95,7 @@ class PassReport:
     passes: list[dict[str, Any]] = field(default_factory=list)
     images: int = 0
     source: str = ""
+    graph: Graph | None = None  # after the last pass: ranges and metadata for the HTML report
 
     def to_markdown(self) -> str:
         lines = [self.sqnr.to_markdown(), "",
@@ -207,7 +208,7 @@ def build_report(fp32: Graph, reference: Graph, stages: Sequence[Stage],
         passes.append({"pass": st.spec, "modified": st.result.modified,
                        "stats": dict(st.result.stats), "notes": list(st.result.notes),
                        "unplaced_notes": unplaced, "seconds": round(st.seconds, 4)})
-    return PassReport(rep, passes, images, source)
+    return PassReport(rep, passes, images, source, stages[-1].graph if stages else None)
 
 
 def _note_layers(note: str, graphs: Sequence[Graph], layers: set[str]) -> list[str]:

@@ -19,12 +19,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from qcompile.errors import QCompileError
 from qcompile.files import atomic_write, atomic_write_with
 
-__all__ = ["SqnrReport", "pyplot", "save_figure"]
+__all__ = ["STYLES", "SqnrReport", "fitted_axis", "label_ticks", "pyplot", "save_figure",
+           "sqnr_plot"]
 
 
 def _fmt_db(v: float | None) -> str:
@@ -90,21 +89,116 @@ class SqnrReport:
     def save_json(self, path: str | Path) -> Path:
         return atomic_write(path, json.dumps(self.to_json(), indent=2))
 
-    def save_png(self, path: str | Path, *, cap_db: float = 100.0) -> Path:
-        """SQNR per layer, one line per series; exact layers are drawn at ``cap_db``."""
+    def save_png(self, path: str | Path) -> Path:
+        """SQNR per layer, one line per series (:func:`sqnr_plot` says how it is laid out)."""
         plt = pyplot()
-        x = np.arange(len(self.layers))
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(self.layers) + 3), 4))
-        for lab, vals in self.series.items():
-            y = np.array([np.nan if v is None else min(v, cap_db) for v in vals], np.float64)
-            ax.plot(x, y, marker="o", ms=3, lw=1, label=lab)
-        ax.set_xlabel("layer (topological order)")
+        pl = sqnr_plot(self)
+        n = len(self.layers)
+        fig, ax = plt.subplots(figsize=(min(max(7.0, 0.16 * n + 3), 30.0), 5.2))
+        for k, s in enumerate(pl["series"]):
+            st = STYLES[k % len(STYLES)]
+            ax.plot(s["x"], s["y"], marker=st["marker"], ms=4 if s["points"] > 3 else 8,
+                    lw=1.2, ls=st["dash_mpl"], color=st["color"], label=s["label"],
+                    mfc="none" if k % 2 else st["color"])
+            ax.plot(s["x_above"], s["y_above"], marker=st["marker"], ms=7, ls="none",
+                    color=st["color"], mfc="none" if k % 2 else st["color"])
+        lo, hi = pl["ylim"]
+        if pl["above"]:
+            ax.axhspan(pl["band"], hi, color="0.92", zorder=0)
+            ax.text(0.005, hi, f" above {pl['band']:.0f} dB / exact (value in legend)",
+                    transform=ax.get_yaxis_transform(), va="top", fontsize=7, color="0.35")
+        ax.set_ylim(lo, hi)
+        ax.set_xlim(-0.7, n - 0.3)
+        ticks = pl["ticks"]
+        ax.set_xticks(ticks, [self.layers[i] for i in ticks], rotation=60, ha="right",
+                      fontsize=6 if n > 40 else 7)
+        ax.set_xlabel("layer (graph order" + (f"; one name per {pl['step']} layers)"
+                                             if pl["step"] > 1 else ")"))
         ax.set_ylabel("SQNR (dB)")
-        ax.set_title(self.title)
+        ax.set_title(self.title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         return save_figure(fig, path)
+
+
+# Series styles shared by the PNG (matplotlib) and SVG (html_report) plots: colour-blind-safe
+# colours (Okabe-Ito), with a marker and a dash pattern each, so overlapping lines stay apart.
+STYLES = [dict(color=c, marker=m, dash=d, dash_mpl=dm) for c, m, d, dm in (
+    ("#0072B2", "o", "", "-"), ("#D55E00", "s", "6 3", "--"), ("#009E73", "^", "2 2", ":"),
+    ("#CC79A7", "D", "8 3 2 3", "-."), ("#E69F00", "v", "", "-"), ("#56B4E9", "P", "6 3", "--"),
+    ("#000000", "X", "2 2", ":"), ("#999999", "*", "8 3 2 3", "-."))]
+
+
+def fitted_axis(values: Sequence[float], *, pad: float = 0.08, min_span: float = 2.0
+                ) -> tuple[float, float]:
+    """Axis limits fitted to the finite ``values``: ``[min - pad*span, max + pad*span]`` with
+    ``span = max(max - min, min_span)`` (a flat series still gets a readable axis)."""
+    v = [float(x) for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return 0.0, 1.0
+    lo, hi = min(v), max(v)
+    span = max(hi - lo, min_span)
+    mid = (lo + hi) / 2 if hi - lo < min_span else None
+    if mid is not None:
+        lo, hi = mid - span / 2, mid + span / 2
+    return lo - pad * span, hi + pad * span
+
+
+def label_ticks(n: int, most: int = 40) -> tuple[list[int], int]:
+    """Which of ``n`` categorical x positions get a name: every ``step``-th, at most ``most``."""
+    step = max(1, math.ceil(n / most))
+    return list(range(0, n, step)), step
+
+
+def sqnr_plot(rep: SqnrReport) -> dict:
+    """The layout of an SQNR-per-layer plot, shared by the PNG and the HTML report's SVG.
+
+    The y axis is fitted (:func:`fitted_axis`) to the finite values of the *per-layer* series
+    (those with more than 3 values; all series if there is none), so 8-30 dB data fills the
+    plot. Values above it (``inf`` = exact, and float stages that are compared on the graph
+    outputs only, typically > 100 dB) are drawn in a grey band at the top, each series at its
+    own height, and the legend label carries their values. Series ``k`` of ``m`` is shifted by
+    ``(k - (m-1)/2) * 0.5/m`` layer so points at the same layer do not hide each other."""
+    items = list(rep.series.items())
+    main = [v for _, vals in items if sum(x is not None for x in vals) > 3 for v in vals]
+    if not any(v is not None and math.isfinite(v) for v in main):
+        main = [v for _, vals in items for v in vals]
+    lo, hi = fitted_axis(main)
+    above = any(v is not None and (math.isinf(v) and v > 0 or v > hi)
+                for _, vals in items for v in vals)
+    band = hi
+    if above:  # room for the band: 10% of the plot above the fitted data
+        hi = band + 0.12 * (hi - lo)
+    m = len(items)
+    lifted = [k for k, (_, vals) in enumerate(items)
+              if any(v is not None and v > band for v in vals)]
+    out = []
+    for k, (lab, vals) in enumerate(items):
+        dx = (k - (m - 1) / 2) * (0.5 / max(m, 1))
+        x, y, xa, ya, over = [], [], [], [], []
+        for i, v in enumerate(vals):
+            if v is None or math.isnan(v):
+                x.append(i + dx)
+                y.append(math.nan)
+            elif v > band:
+                xa.append(i + dx)
+                # stacked in the band, one height per series, so they never coincide
+                ya.append(band + (hi - band) * (lifted.index(k) + 1) / (len(lifted) + 1))
+                over.append(f"{rep.layers[i]} {_fmt_db(v)}" + ("" if math.isinf(v) else " dB"))
+                x.append(i + dx)
+                y.append(math.nan)
+            else:
+                x.append(i + dx)
+                y.append(float(v))
+        points = sum(v is not None for v in vals)
+        label = lab + (f" ({'; '.join(over)})" if over and points <= 3 else
+                       f" ({len(over)} above)" if over else "")
+        out.append({"label": label, "x": x, "y": y, "x_above": xa, "y_above": ya,
+                    "points": points})
+    ticks, step = label_ticks(len(rep.layers))
+    return {"series": out, "ylim": (lo, hi), "band": band, "above": above, "ticks": ticks,
+            "step": step}
 
 
 def save_figure(fig, path: str | Path, **savefig_kw) -> Path:

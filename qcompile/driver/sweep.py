@@ -299,22 +299,40 @@ def to_markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_points(rep: dict) -> dict[str, list[tuple[float, float, str]]]:
+    """Accuracy-vs-bits points per family, ``(bits + offset, top-1 %, format)``: family ``k`` of
+    ``m`` is shifted by ``(k - (m-1)/2) * w/m`` bits with ``w = 0.1 * max(bit span, 4)``, so
+    formats of equal width (int8, e4m3, e5m2) stand side by side instead of hiding each other
+    (shared by the PNG and the HTML plot)."""
+    fams: dict[str, list[tuple[int, float, str]]] = {}
+    for r in rep["rows"]:
+        fams.setdefault(r["family"], []).append((r["bits"], 100 * r["top1"], r["format"]))
+    bits = [r["bits"] for r in rep["rows"]] or [0]
+    m, w = len(fams), 0.1 * max(max(bits) - min(bits), 4)
+    return {fam: [(b + (k - (m - 1) / 2) * w / max(m, 1), y, f) for b, y, f in sorted(pts)]
+            for k, (fam, pts) in enumerate(sorted(fams.items()))}
+
+
 def save_plot(rep: dict, path: str | Path) -> Path:
-    """Accuracy vs bits, one line per family, FP32 dashed; written atomically."""
-    from qcompile.driver.report import pyplot, save_figure
+    """Accuracy vs bits, one line per family (own marker and dash, offset by family),
+    FP32 dashed; written atomically."""
+    from qcompile.driver.report import STYLES, pyplot, save_figure
     from qcompile.files import check_output_path
 
     check_output_path(path)  # before drawing
     plt = pyplot()
-    fams: dict[str, list[tuple[int, float]]] = {}
-    for r in rep["rows"]:
-        fams.setdefault(r["family"], []).append((r["bits"], 100 * r["top1"]))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for fam, pts in sorted(fams.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fam)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    bits = sorted({r["bits"] for r in rep["rows"]})
+    for k, (fam, pts) in enumerate(plot_points(rep).items()):
+        st = STYLES[k % len(STYLES)]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=st["marker"], ls=st["dash_mpl"],
+                color=st["color"], mfc="none" if k % 2 else st["color"], ms=7, label=fam)
+        for x, y, f in pts:
+            ax.annotate(f, (x, y), textcoords="offset points", xytext=(2, 6), fontsize=6,
+                        color=st["color"], rotation=70)
     ax.axhline(100 * rep["fp32_top1"], color="k", ls="--", lw=1, label="FP32")
-    ax.set_xlabel("bits per value")
+    ax.set_xticks(bits)
+    ax.set_xlabel("bits per value (families side by side)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{Path(rep['model']).stem}: uniform formats ({rep['images']} images)")
     ax.grid(alpha=0.3)
