@@ -262,7 +262,12 @@ def open_dataset(path: str | Path, preprocess: Preprocess | None = None, *,
     if not isinstance(pre, Preprocess):
         raise DataError(f"data: preprocess must be a Preprocess, got {type(pre).__name__}; "
                         "use qcompile.data.preset('imagenet')")
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise DataError(f"data: cannot read {p} ({getattr(exc, 'strerror', None) or exc}); "
+                        "check the path") from None
+    if not exists:
         raise DataError(f"data: {p} does not exist; pass a .npz, .npy, image file or image folder")
     common = dict(preprocess=pre, strict=strict, warn=warn)
     if p.is_dir():

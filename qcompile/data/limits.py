@@ -28,7 +28,7 @@ from qcompile.data.errors import DataError
 from qcompile.errors import fmt_bytes, memory_budget, shorten
 
 __all__ = ["MAX_IMAGE_PIXELS", "MAX_SIDE", "MIN_SIDE", "check_array_bytes", "check_pixels",
-           "check_regular_file", "is_regular_file"]
+           "check_regular_file", "is_regular_file", "read_small_file"]
 
 #: Largest image (in pixels) that is decoded: 8192 x 8192. Above it Pillow refuses too.
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -70,6 +70,21 @@ def check_regular_file(path: str | os.PathLike, what: str = "data file") -> None
     if not stat.S_ISREG(st.st_mode):
         raise DataError(f"data: {what} {shorten(path)} is {_kind(st.st_mode)}, not a regular "
                         "file; give a .npz, .npy or image file")
+
+
+def read_small_file(path: str | os.PathLike, what: str = "image") -> bytes:
+    """The bytes of the regular file ``path`` (at most the memory budget).
+
+    Decoders are given these bytes, not the file: a PNG chunk declaring 512 MiB made Pillow call
+    ``file.read(2**29)``, which allocates the full 512 MiB before finding the file is 300 bytes;
+    ``BytesIO.read`` allocates only what is there."""
+    check_regular_file(path, what)
+    size = os.stat(path).st_size
+    if size > memory_budget():
+        raise DataError(f"data: {what} {shorten(path)} is {fmt_bytes(size)}, above the memory "
+                        f"budget of {fmt_bytes(memory_budget())}; shrink it first")
+    with open(path, "rb") as f:
+        return f.read(size)
 
 
 def check_pixels(size: tuple[int, int], path: str | os.PathLike) -> None:

@@ -14,6 +14,7 @@ Folders keep only the list of file paths; images are decoded one by one.
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -27,6 +28,7 @@ from qcompile.data.limits import (
     check_pixels,
     check_regular_file,
     is_regular_file,
+    read_small_file,
 )
 
 __all__ = ["IMAGE_EXTENSIONS", "ArrayReader", "scan_folder", "load_image", "npz_members",
@@ -239,8 +241,8 @@ def load_image(path: Path) -> Image.Image:
     (not a regular file, more pixels than :data:`~qcompile.data.limits.MAX_IMAGE_PIXELS`:
     both checked before anything is decoded)."""
     try:
-        check_regular_file(path, "image")
-        with Image.open(path) as im:
+        raw = io.BytesIO(read_small_file(path, "image"))  # see read_small_file: bounded reads
+        with Image.open(raw) as im:
             check_pixels(im.size, path)
             im.load()  # force the full decode now so truncated files fail here
             return im.convert("RGB")  # grayscale / palette / RGBA / CMYK -> 3-channel RGB

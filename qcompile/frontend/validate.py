@@ -168,6 +168,10 @@ def check_external(t: onnx.TensorProto, model_path: Path, base: Path) -> None:
         raise ModelError(f"model: {model_path}: {where} has a negative external data offset or "
                          "length; re-save the model")
     size = st.st_size
+    if offset > size:
+        raise ModelError(f"model: {model_path}: {where} reads from byte {offset} of "
+                         f"{shorten(loc)!r}, which has only {size}; the data file is truncated "
+                         "or not this model's")
     if length is None:
         length = size - offset
     if offset + length > size:
@@ -222,7 +226,8 @@ def check_structure(sk: onnx.ModelProto, src: str) -> None:
         inferred = onnx.shape_inference.infer_shapes(sk, check_type=True, strict_mode=True,
                                                      data_prop=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"model: {src} fails ONNX shape inference (strict): {first}; fix the "
+        # ONNX puts the node on the first line and the reason on the next: keep both.
+        text = " ".join(str(e).split())[:400] or type(e).__name__
+        raise ModelError(f"model: {src} fails ONNX shape inference (strict): {text}; fix the "
                          "node it names (or its declared value_info)") from None
     check_nodes(inferred, src)
