@@ -193,3 +193,40 @@ def test_sweep_points_at_equal_bits_apart(tmp_path):
     assert save_plot(rep, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     path, _ = hr.write_page(hr.sweep_page(rep), tmp_path / "s.html")
     assert "e4m3: 80.00%" in path.read_text()
+
+
+@pytest.mark.slow
+def test_run_verify_eval_sweep_html(tmp_path):
+    """--html on run (with --calib), verify, eval and sweep: one page each, with its sidecar,
+    no URL, and Chromium renders it with the sort script run and no console error."""
+    model = tmp_path / "mini.onnx"
+    onnx.save(zoo.mini_resnet(), model)
+    data = tiny_npz(tmp_path / "tiny.npz", n=24)
+    q = tmp_path / "q.onnx"
+    pages = {k: tmp_path / f"{k}.html" for k in ("run", "verify", "eval", "sweep")}
+    cmds = {"run": ["run", model, "-t", "ort-int8", "--calib", data, "--preprocess", "none",
+                    "-p", "fold,calibrate{images=8},quantize", "-o", q],
+            "verify": ["verify", q, "--data", data, "--preprocess", "none", "--limit", 4],
+            "eval": ["eval", q, "--data", data, "--preprocess", "none", "--no-latency"],
+            "sweep": ["sweep", model, "--data", data, "--preprocess", "none", "--formats",
+                      "int8,int4", "--calib-images", 8, "--limit", 8]}
+    for k, args in cmds.items():
+        r = runner.invoke(app, [str(a) for a in args] + ["--html", str(pages[k])])
+        assert r.exit_code in (0, 1) if k == "verify" else r.exit_code == 0, (k, r.output)
+    side = {k: json.loads(p.with_suffix(".json").read_text()) for k, p in pages.items()}
+    assert side["run"]["sqnr"]["layers"] and side["run"]["passes"][-1]["pass"] == "quantize"
+    rng = side["eval"]["ranges"]  # from the int8 file: its Q/DQ scales and integer weights
+    qdq = [r for r in rng if (r["activations"] or "").startswith("QuantizeLinear")]
+    assert qdq and all(r["a_lo"] <= 0 < r["a_hi"] for r in qdq)
+    w = [r for r in rng if (r["weights"] or "").startswith("DequantizeLinear")]
+    assert w and all(r["w_min"] < 0 < r["w_max"] for r in w)
+    assert side["verify"]["verify"]["layers"] and side["verify"]["summary"]["verdict"]
+    assert [r["format"] for r in side["sweep"]["sweep"]["rows"]] == ["int8", "int4"]
+    assert "per_class" in side["eval"]["eval"]
+    for k, p in pages.items():
+        text = p.read_text()
+        assert not URL.search(text), (k, URL.search(text))
+        if chromium() is not None:
+            dom, err = browse(p, tmp_path)
+            assert 'data-sortable="ready"' in dom and "<svg" in dom, k
+            assert console_errors(err) == [], (k, console_errors(err))

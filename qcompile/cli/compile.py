@@ -55,6 +55,9 @@ def run(
                                          "to REPORT.png (evaluated on --calib images not "
                                          "used for calibration; `qcompile report` has more "
                                          "options)"),
+    html: Optional[str] = typer.Option(None, "--html", help="also write the per-layer report "
+                                       "as one self-contained HTML file (+ .json sidecar; "
+                                       "needs --calib)"),
 ) -> None:
     """Lift MODEL, run the pass pipeline, lower to TARGET and write OUTPUT.
 
@@ -83,15 +86,21 @@ def run(
     check_output_path(output, "-o")
     check_folder(dump_dir, "--dump")
     recorder, plot = None, None
-    if report_md is not None:
+    if report_md is not None or html is not None:
         from qcompile.driver.pass_report import StageRecorder
 
         if calib is None:
-            raise QCompileError("--report needs --calib (the report is evaluated on the "
-                                "calibration source's images not used for calibration)")
-        plot = str(Path(report_md).with_suffix(".png"))
-        check_output_path(report_md, "--report")
-        check_plot(plot, "--report")
+            raise QCompileError(f"{'--report' if report_md else '--html'} needs --calib (the "
+                                "report is evaluated on the calibration source's images not "
+                                "used for calibration)")
+        if report_md is not None:
+            plot = str(Path(report_md).with_suffix(".png"))
+            check_output_path(report_md, "--report")
+            check_plot(plot, "--report")
+        if html is not None:
+            from qcompile.driver.html_report import check_html_path
+
+            check_html_path(html)
         recorder = StageRecorder()
     log = lambda m: typer.echo(m, err=True)  # noqa: E731
     report = compile_model(model, output, passes=passes, target=target, calib=calib,
@@ -101,10 +110,16 @@ def run(
     if recorder is not None:
         from qcompile.driver.pass_report import finish_report, write_outputs
 
-        write_outputs(finish_report(recorder, calib=calib, preprocess=report["preprocess"],
-                                    progress=_progress, log=log, seed=seed),
-                      markdown=report_md, png=plot)
-        log(f"wrote {report_md} and {plot}")
+        rep = finish_report(recorder, calib=calib, preprocess=report["preprocess"],
+                            progress=_progress, log=log, seed=seed)
+        if report_md is not None:
+            write_outputs(rep, markdown=report_md, png=plot)
+            log(f"wrote {report_md} and {plot}")
+        if html is not None:
+            from qcompile.driver.html_report import pass_report_page, write_page
+
+            log("wrote " + " and ".join(map(str, write_page(pass_report_page(rep, rep.graph),
+                                                            html))))
     if as_json:
         _echo_json(report)
         return

@@ -34,6 +34,9 @@ def eval_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu|cuda (int8 on cuda: TensorRT EP)"),
     threads: int = typer.Option(0, "--threads", help="ORT intra-op threads (0: all cores)"),
     cluster: Optional[str] = cluster_option(),
+    html: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML "
+                                       "report (per-class table, SVG plots, the model's "
+                                       "ranges; no network) and its .json sidecar"),
     as_json: bool = json_option(),
 ) -> None:
     """Top-1/top-5, per-class accuracy, latency (batch 1, 8) and file size of MODEL.
@@ -46,10 +49,19 @@ def eval_cmd(
     """
     from qcompile.driver.evaluate import evaluate_model
 
+    if html is not None:
+        from qcompile.driver.html_report import check_html_path
+
+        check_html_path(html)  # before the evaluation
     rep = evaluate_model(model, data, preprocess=preprocess, limit=limit, batch=batch, seed=seed,
                          latency=latency, device=device, threads=threads, cluster=cluster,
                          progress=images_progress if cluster else None,
                          log=lambda m: typer.echo(m, err=True))
+    if html is not None:
+        from qcompile.driver.html_report import eval_page, model_graph, write_page
+
+        write_page(eval_page(rep, model_graph(model)), html)
+        typer.echo(f"wrote {html}", err=True)
     if as_json:
         _echo_json(rep)
         return

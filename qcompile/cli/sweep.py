@@ -49,6 +49,9 @@ def sweep_cmd(
     plot: Optional[str] = typer.Option(None, "--plot", help="write the accuracy-vs-bits PNG"),
     seed: int = seed_option("seed of the calibration draw and the --limit draw"),
     cluster: Optional[str] = cluster_option(),
+    html: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML "
+                                       "report (sortable table, SVG plot; no network) and "
+                                       "its .json sidecar"),
     as_json: bool = json_option("print the report as JSON"),
 ) -> None:
     """Accuracy and top-1 agreement with FP32 for every uniform format in --formats.
@@ -68,6 +71,10 @@ def sweep_cmd(
     arith = merged(arith, arith_old, "--format", "--arith", default="fp32")
     check_outputs((output, "-o"))
     check_plot(plot)
+    if html is not None:
+        from qcompile.driver.html_report import check_html_path
+
+        check_html_path(html)
     if limit is not None and limit < 1:
         raise QCompileError("--limit: need at least 1 evaluation image")
     rep = sweep(model, data, fmts, preprocess=preprocess, limit=limit,
@@ -79,6 +86,10 @@ def sweep_cmd(
         atomic_write(output, md)
     if plot:
         save_plot(rep, plot)
+    if html is not None:
+        from qcompile.driver.html_report import sweep_page, write_page
+
+        write_page(sweep_page(rep), html)
     if as_json:
         echo_json(rep)
     else:

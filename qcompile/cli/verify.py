@@ -56,6 +56,9 @@ def verify_cmd(
     dump: Optional[str] = dump_option("write golden vectors (npz + manifest.json) of the "
                                       "exact network to this new folder"),
     cluster: Optional[str] = cluster_option(),
+    html: Optional[str] = typer.Option(None, "--html", help="write a self-contained HTML "
+                                       "report (per-tensor table, SVG plots, ranges; no "
+                                       "network) and its .json sidecar"),
     as_json: bool = json_option(),
 ) -> None:
     """Check bit for bit what ONNX Runtime computes for an int8 model, layer by layer.
@@ -85,6 +88,10 @@ def verify_cmd(
     check_outputs((report, "--report"))  # every output before the long work
     check_plot(plot)
     check_folder(dump, "--dump")
+    if html is not None:
+        from qcompile.driver.html_report import check_html_path
+
+        check_html_path(html)
     from qcompile.driver.defaults import choose_preprocess, file_facts
 
     preprocess = choose_preprocess(preprocess, [file_facts(model)], data,
@@ -99,6 +106,11 @@ def verify_cmd(
         (rep.save_json if report.endswith(".json") else rep.save_markdown)(report)
     if rep is not None and plot:
         rep.save_png(plot)
+    if html is not None:
+        from qcompile.driver.html_report import model_graph, verify_page, write_page
+
+        write_page(verify_page(res, model_graph(model)), html)
+        typer.echo(f"wrote {html}", err=True)
     if as_json:
         echo_json(res.to_json())
     else:

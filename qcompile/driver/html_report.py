@@ -33,7 +33,7 @@ from qcompile.errors import QCompileError
 from qcompile.files import atomic_write, check_output_path
 
 __all__ = ["Page", "check_html_path", "eval_page", "layer_ranges", "pass_report_page",
-           "sidecar", "sweep_page", "verify_page", "write_page"]
+           "model_graph", "sidecar", "sweep_page", "verify_page", "write_page"]
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 esc = html.escape
@@ -243,19 +243,56 @@ def sqnr_section(page: Page, rep: SqnrReport, sid: str = "sqnr") -> None:
 
 
 # -- ranges -------------------------------------------------------------------------------------
-def _qdq_range(node) -> tuple[float, float, str] | None:
-    """``[(qmin - z) s, (qmax - z) s]`` of a per-tensor QDQ (min/max over channels otherwise)."""
+def _qtype(node) -> tuple[int, int, str] | None:
+    """(qmin, qmax, name) of a ``qcompile.QDQ`` (bits/signed) or an ONNX Q/DQ (zero point's
+    type; uint8 without one)."""
     from qcompile.numerics.quant import QType
 
-    s, z = node.inputs[1], node.inputs[2]
+    if node.domain != "":
+        bits, signed = int(node.attrs.get("bits", 8)), bool(node.attrs.get("signed", 0))
+        qt = QType(bits, signed)
+        return (-1, 1, qt.name) if bits == 2 else (qt.qmin, qt.qmax, qt.name)
+    z = node.inputs[2] if len(node.inputs) > 2 else None
+    dt = np.dtype(np.uint8) if z is None or not z.is_const else z.const.dtype
+    if dt.kind not in "iu":
+        return None
+    info = np.iinfo(dt)
+    return int(info.min), int(info.max), dt.name
+
+
+def _qparams(node) -> tuple[np.ndarray, np.ndarray] | None:
+    s = node.inputs[1]
+    z = node.inputs[2] if len(node.inputs) > 2 else None
     if s is None or not s.is_const:
         return None
-    bits, signed = int(node.attrs.get("bits", 8)), bool(node.attrs.get("signed", 0))
-    qt = QType(bits, signed)
-    qmin, qmax = (-1, 1) if bits == 2 else (qt.qmin, qt.qmax)
-    sc = np.asarray(s.const, np.float64)
-    zp = np.asarray(z.const, np.float64) if z is not None and z.is_const else 0.0
-    return float(np.min((qmin - zp) * sc)), float(np.max((qmax - zp) * sc)), f"QDQ {qt.name}"
+    return (np.asarray(s.const, np.float64),
+            np.asarray(z.const, np.float64) if z is not None and z.is_const else np.zeros(1))
+
+
+def _qdq_range(node) -> tuple[float, float, str] | None:
+    """``[(qmin - z) s, (qmax - z) s]`` of a QDQ / QuantizeLinear (min/max over channels)."""
+    qt, qp = _qtype(node), _qparams(node)
+    if qt is None or qp is None:
+        return None
+    sc, zp = qp
+    return (float(np.min((qt[0] - zp) * sc)), float(np.max((qt[1] - zp) * sc)),
+            f"{'QDQ' if node.domain else node.op} {qt[2]}")
+
+
+def _dequantised(node) -> tuple[float, float] | None:
+    """min/max of ``(q - z) s`` for a DequantizeLinear of integer constants (``axis``)."""
+    q, qp = node.inputs[0], _qparams(node)
+    if q is None or not q.is_const or qp is None or q.const.size == 0:
+        return None
+    sc, zp = qp
+    codes = np.asarray(q.const, np.float64)
+    if sc.size > 1:
+        shape = [1] * codes.ndim
+        shape[int(node.attrs.get("axis", 1)) % codes.ndim] = sc.size
+        sc = sc.reshape(shape)
+        zp = zp.reshape(shape) if zp.size > 1 else zp
+    w = (codes - zp) * sc
+    return float(w.min()), float(w.max())
 
 
 def layer_ranges(graph) -> list[dict[str, Any]]:
@@ -275,6 +312,12 @@ def layer_ranges(graph) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"layer": out.name, "op": n.op, "w_min": None, "w_max": None,
                                "weights": None, "a_lo": None, "a_hi": None, "activations": None}
         w = n.inputs[1] if n.op in MAC_OPS and len(n.inputs) > 1 else None
+        if w is not None and w.producer is not None and is_op(w.producer, "DequantizeLinear",
+                                                              domain=""):
+            d = w.producer
+            row["w_min"], row["w_max"] = _dequantised(d) or (None, None)
+            row["weights"] = f"DequantizeLinear {_qtype(d)[2] if _qtype(d) else ''}".strip()
+            w = None
         if w is not None and w.producer is not None and is_op(w.producer, "QDQ"):
             q = w.producer
             r = _qdq_range(q)
@@ -287,7 +330,8 @@ def layer_ranges(graph) -> list[dict[str, Any]]:
             row["w_min"], row["w_max"] = float(w.const.min()), float(w.const.max())
             row["weights"] = row["weights"] or "float"
         rng = out.meta.get(RANGE)
-        qdq = next((u.node for u in out.uses() if is_op(u.node, "QDQ") and u.index == 0), None)
+        qdq = next((u.node for u in out.uses() if u.index == 0 and (
+            is_op(u.node, "QDQ") or is_op(u.node, "QuantizeLinear", domain=""))), None)
         if rng is not None:
             row.update(a_lo=float(rng.lo), a_hi=float(rng.hi), activations=f"calibrated "
                        f"({rng.method})")
@@ -295,6 +339,13 @@ def layer_ranges(graph) -> list[dict[str, Any]]:
             row.update(a_lo=r[0], a_hi=r[1], activations=r[2])
         rows.append(row)
     return rows
+
+
+def model_graph(path: str | Path):
+    """The lifted model file (QDQ pairs as ``qcompile.QDQ``), for its ranges and metadata."""
+    from qcompile.frontend import lift
+
+    return lift(path)
 
 
 def ranges_section(page: Page, rows: list[dict[str, Any]], note: str = "") -> None:
