@@ -41,41 +41,6 @@ def build(model: str, calib: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def explain_fused(q: Path, evald: Path) -> dict:
-    """Recompute every isolated QLinearConv departure (opt-level all) with ORT's float32
-    requantisation ``rint(float32(acc) * float32(float32(s_x s_w) / s_y)) + z``."""
-    from qcompile.backends.mpfr import ops_qdq as F
-    from qcompile.data import open_dataset, preprocess_from_options
-    from qcompile.driver.verify.session import VerifySession
-
-    vs = VerifySession(str(q), opt_level="all")
-    ds = open_dataset(str(evald), preprocess_from_options("cifar"))
-    convs = {n.output.name: n for n in vs.exact_graph.nodes if n.op == "QLinearConv"}
-    total = same = 0
-    for b in ds.batches(25):
-        ort = vs.runner.run(b.x)
-        iso = vs.run_isolated(b.x, ort)
-        for name, n in convs.items():
-            diff = np.nonzero(ort[name].astype(int) - iso[name].astype(int))
-            if not len(diff[0]):
-                continue
-            args = [None if v is None else (vs.interp.const(v) if v.is_const else ort[v.name])
-                    for v in n.inputs]
-            x, xs, xz, w, ws, wz, ys, yz, B = args[:9]
-            acc = F.int_conv(x.astype(np.int64) - int(xz), w.astype(np.int64) - 0,
-                             pads=n.attrs.get("pads"), strides=n.attrs.get("strides"),
-                             dilations=n.attrs.get("dilations"), group=n.attrs.get("group", 1))
-            for i in zip(*diff):
-                oc = i[1]
-                m = np.float32(np.float32(xs) * np.float32(np.asarray(ws).reshape(-1)[oc]))
-                m = np.float32(m / np.float32(ys))
-                a = np.float32(int(acc[i]) + int(np.asarray(B).reshape(-1)[oc]))
-                code = min(max(float(np.rint(np.float32(a * m))) + int(yz), 0.0), 255.0)
-                total += 1
-                same += int(code == ort[name][i])
-    return {"qlinearconv_departures": total, "reproduced_by_float32_requant": same}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=100)
@@ -108,8 +73,11 @@ def main() -> None:
                          max(t.max_lsb for t in res.tensors),
                          sum(t.compared - t.equal for t in iso.isolated),
                          max(t.max_lsb for t in iso.isolated)])
-            if opt == "all":
-                payload.setdefault("fused_explained", {})[model] = explain_fused(q, evald)
+            if opt == "all":  # the rule lives in qcompile.driver.verify.causes now
+                c = iso.to_json()["causes"]
+                payload.setdefault("fused_explained", {})[model] = {
+                    "fused_mac_departures": c["departures"],
+                    "reproduced_by_float32_requant": c["explained"]["float32 requantisation"]}
             for t in iso.isolated:
                 if t.equal < t.compared:
                     iso_rows.append([model, opt, t.name, t.kernel, t.compared - t.equal,
@@ -124,8 +92,9 @@ def main() -> None:
     print(table(["model", "ORT opt", "layer (isolated: fed ORT's inputs)", "ORT kernel",
                  "elements differing", "max LSB", "ORT above exact"], iso_rows))
     for model, e in payload.get("fused_explained", {}).items():
-        print(f"\n{model}: {e['reproduced_by_float32_requant']} of {e['qlinearconv_departures']}"
-              " isolated QLinearConv departures reproduced by ORT's float32 requantisation")
+        print(f"\n{model}: {e['reproduced_by_float32_requant']} of {e['fused_mac_departures']}"
+              " isolated QLinearConv/QLinearMatMul departures reproduced by ORT's float32 "
+              "requantisation")
     print(f"\nwrote {write_json('bench_verify', payload)}")
 
 

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from qcompile.driver.verify.causes import Causes, explain
 from qcompile.driver.verify.compare import (
     EXAMPLES,
     VERDICTS,
@@ -71,6 +72,7 @@ def verify_model(qmodel: str, data, *, preprocess: str = "none", limit: int | No
     t_ort = t_exact = 0.0
     n = 0
     dumper = None
+    causes = Causes()  # --isolate: the rules that reproduce each layer's own departures
     if dump is not None:
         from qcompile.driver.verify.dump import GoldenDumper
 
@@ -92,7 +94,9 @@ def verify_model(qmodel: str, data, *, preprocess: str = "none", limit: int | No
         vs.compare(ort, exact, n)
         if isolate:
             tc = time.perf_counter()
-            vs.compare_isolated(ort, vs.run_isolated(b.x, ort), n)
+            iso = vs.run_isolated(b.x, ort)
+            vs.compare_isolated(ort, iso, n)
+            explain(vs, ort, iso, causes)
             t_exact += time.perf_counter() - tc
         if rc is not None:
             tc = time.perf_counter()
@@ -112,6 +116,8 @@ def verify_model(qmodel: str, data, *, preprocess: str = "none", limit: int | No
                        vs.runner.fusion_blocked, vs.exact_stats, secs)
     if vs.isolated is not None:
         res.isolated = [vs.isolated[t.name] for t in vs.tensors]
+    if isolate and not cluster:
+        res.extra["causes"] = causes.to_json()
     if rc is not None:
         res.extra["reference"] = rc.to_json(vs.runner.outputs)
         res.reference_report = rc.report(str(qmodel))

@@ -230,6 +230,10 @@ def format_text(r: VerifyResult, *, layers: bool = False) -> str:
         lines.append(f"isolated (each layer fed ONNX Runtime's own inputs): {iso_diff} elements "
                      f"differ in {sum(t.max_lsb > 0 for t in r.isolated)} layers, max "
                      f"{max((t.max_lsb for t in r.isolated), default=0)} LSB")
+    if any(r.extra.get("causes", {}).get(k) for k in ("departures", "unfused_departures")):
+        from qcompile.driver.verify.causes import describe
+
+        lines.append(describe(r.extra["causes"]))
     fd = r.first_departure
     ndiff = sum(t.compared - t.equal for t in r.tensors)
     ntot = sum(t.compared for t in r.tensors)
