@@ -25,6 +25,7 @@ pytest.importorskip("distributed")
 from qcompile.cli import app  # noqa: E402
 from qcompile.driver.cluster import ClusterError, parse_address  # noqa: E402
 from qcompile.driver.emulate import emulate, make_config  # noqa: E402
+from qcompile.errors import QCompileError  # noqa: E402
 
 runner = CliRunner()
 N_IMAGES = 16
@@ -142,12 +143,15 @@ def test_verify_equals_local(shared_data, cluster, tmp_path):
                "fold,calibrate{images=32},quantize", "--target", "ort-int8", "--calib",
                shared_data / "cifar10_test_dev.npz", "--preprocess", "cifar", "-o", q)
     assert r.exit_code == 0, r.output
-    kw = dict(preprocess="cifar", limit=24, batch=8, isolate=True)
+    kw = dict(preprocess="cifar", limit=24, batch=8)
     a = verify_model(str(q), str(shared_data / "cifar10_test_dev.npz"), **kw).to_json()
     b = verify_model(str(q), str(shared_data / "cifar10_test_dev.npz"), cluster=cluster[0],
                      **kw).to_json()
     a.pop("seconds"), b.pop("seconds")
     assert a == b and a["images"] == 24
+    with pytest.raises(QCompileError, match="--isolate run on this machine"):
+        verify_model(str(q), str(shared_data / "cifar10_test_dev.npz"), cluster=cluster[0],
+                     isolate=True, **kw)
 
 
 @pytest.mark.slow

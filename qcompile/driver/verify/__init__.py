@@ -56,9 +56,9 @@ def verify_model(qmodel: str, data, *, preprocess: str = "none", limit: int | No
     ``reference`` also against the float model in that format (:mod:`verify_reference`)."""
     from qcompile.driver.verify.session import VerifySession
 
-    if cluster and (reference or dump is not None):
-        raise QCompileError("--cluster: --reference and --dump run on this machine; drop "
-                            "--cluster or those options")
+    if cluster and (reference or dump is not None or isolate):
+        raise QCompileError("--cluster: --reference, --dump and --isolate run on this machine; "
+                            "drop --cluster or those options")
     t0 = time.perf_counter()
     vs = VerifySession(qmodel, opt_level=opt_level, device=device, engine=engine,
                        threads=threads)
