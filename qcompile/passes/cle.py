@@ -15,9 +15,14 @@ Chains of several layers are swept ``iterations`` times or until ``max|s - 1| < 
 
 ``Clip(0, M)`` (ReLU6) is not homogeneous. With ``clip=data`` (default) a Clip whose input never
 exceeds ``M`` on the calibration images is replaced by Relu (exact on that data; reported);
-otherwise, or without data, the region is declined with the reason. ``clip=relu`` replaces every
-such Clip by Relu as AIMET does for ReLU6 networks: this CHANGES the function wherever the input
-exceeds ``M`` (reported as such); ``clip=skip`` never touches a Clip.
+otherwise, or without data, the region is declined with the reason. ``clip=scale`` is the DFQ
+recipe, exact and data-free: equalise treating ``Clip(0, M)`` as Relu, then re-establish the clip
+with its bound scaled per channel, ``min(relu(x / s_c), M / s_c) = clip(x, 0, M) / s_c``, written
+``Relu -> Min(x, b)`` with the constant ``b_c = M / S_c`` (``S`` the product of the region's scales
+over all sweeps; a Clip whose channels all keep ``S_c = 1`` stays a Clip). ORT fuses the Relu into
+the QLinearConv; the Min runs in float between DQ and Q. ``clip=relu`` replaces every such Clip
+by Relu as AIMET does for ReLU6 networks: this CHANGES the function wherever the input exceeds
+``M`` (reported as such); ``clip=skip`` never touches a Clip.
 Declines: branches (residual joins), non-constant or shared weights, non-homogeneous ops.
 """
 
@@ -55,7 +60,7 @@ class CrossLayerEqualize(Pass):
     requires = (checks.bn_folded,)
     iterations: int = 20
     threshold: float = 1e-3
-    clip: Literal["data", "skip", "relu"] = "data"
+    clip: Literal["data", "skip", "relu", "scale"] = "data"
     images: int = 64
 
     def __post_init__(self) -> None:
@@ -73,7 +78,13 @@ class CrossLayerEqualize(Pass):
                 if r is not None:
                     regions.append(r)
                     clips += [n for n in r.mids if n.op == "Clip"]
-        if clips:
+        if clips and self.clip == "scale":
+            bad = [c for c in clips
+                   if len(c.inputs) > 2 and c.inputs[2] is not None and not c.inputs[2].is_const]
+            for c in bad:
+                st.skip("clip", f"Clip {c.name!r}", "its upper bound is not a constant")
+            regions = [r for r in regions if not any(n in bad for n in r.mids)]
+        elif clips:
             ok = self._resolve_clips(graph, ctx, clips, st)
             regions = [r for r in regions if all(n.op != "Clip" or n in ok for n in r.mids)]
             for n in ok:
@@ -82,12 +93,18 @@ class CrossLayerEqualize(Pass):
         if not regions:
             return st.result(graph, bool(st.counts.get("clip_replaced_by_relu")))
         sweeps = 0
+        total = {id(r): 1.0 for r in regions}  # S: product of each region's scales
         for sweeps in range(1, self.iterations + 1):  # noqa: B007
-            worst = max(_equalize(r) for r in regions)
-            if worst < self.threshold:
+            steps = {id(r): _equalize(r) for r in regions}
+            for r in regions:
+                total[id(r)] = total[id(r)] * steps[id(r)]
+            if max(float(np.max(np.abs(s - 1.0))) for s in steps.values()) < self.threshold:
                 break
         st.count("regions", len(regions))
         st.count("sweeps", sweeps)
+        for r in regions if self.clip == "scale" else ():  # other modes made them Relus
+            for n in [m for m in r.mids if m.op == "Clip"]:
+                _rescale_clip(graph, n, np.asarray(total[id(r)], np.float64), st)
         for r in regions:  # the values between src and sink changed: ranges are stale
             for v in [r.src.outputs[0]] + [n.outputs[0] for n in r.mids]:
                 v.meta.pop(RANGE, None)
@@ -147,6 +164,31 @@ def _clip_to_relu(graph: Graph, clip: Node) -> None:
     graph.remove(clip, drop_dead_consts=True)
     if relu.outputs[0].name != public:  # keep the tensor's name for dumps and reports
         relu.outputs[0].name = graph.unique_name(public)
+
+
+def _rescale_clip(graph: Graph, clip: Node, scale: np.ndarray, st: Stats) -> None:
+    """``Clip(0, M)`` after its channels were divided by ``scale``: ``Relu -> Min(M / scale)``."""
+    _, hi = _clip_bounds(clip)
+    if hi is None:  # Clip(0, inf) is a Relu: homogeneous as it stands
+        return
+    if np.all(np.abs(scale - 1.0) < 1e-12):
+        st.count("clip_kept")
+        return
+    shape = clip.inputs[0].type.shape
+    rank = 2 if shape is None else len(shape)
+    bound = (hi / scale).astype(np.float32).reshape((-1,) + (1,) * (rank - 2))
+    old = clip.outputs[0]
+    relu = Node("Relu", [clip.inputs[0]], [old.type], name=clip.name + "_relu")
+    graph.insert_after(clip, relu)
+    b = graph.add_const(graph.unique_name(clip.name + ".bound"), bound)
+    mn = Node("Min", [relu.outputs[0], b], [old.type], name=clip.name + "_min")
+    graph.insert_after(relu, mn)
+    graph.replace_value(old, mn.outputs[0])
+    public = old.name
+    graph.remove(clip, drop_dead_consts=True)
+    if mn.outputs[0].name != public:
+        mn.outputs[0].name = graph.unique_name(public)
+    st.count("clip_bound_per_channel")
 
 
 def exclusive_weight(n: Node) -> bool:
@@ -226,8 +268,8 @@ def sink_slices(n: Node, channels: int) -> list[tuple]:
             for c in range(channels)]
 
 
-def _equalize(r: Region) -> float:
-    """One CLE step on a region; returns max |s - 1|."""
+def _equalize(r: Region) -> np.ndarray:
+    """One CLE step on a region; returns its per-channel scales ``s``."""
     w1 = _src_view(r.src).astype(np.float64)
     c = w1.shape[0]
     w2 = r.sink.inputs[1].const.astype(np.float64)
@@ -249,4 +291,4 @@ def _equalize(r: Region) -> float:
     for ch, idx in enumerate(sl):
         w2[idx] *= s[ch]
     r.sink.inputs[1].const = w2.astype(r.sink.inputs[1].const.dtype)
-    return float(np.max(np.abs(s - 1.0)))
+    return s

@@ -91,3 +91,34 @@ def test_numerically_equivalent_resnet50_on_data():
     a = ort.InferenceSession(m.SerializeToString()).run(None, {"input": x})[0]
     b = ort.InferenceSession(lower(g).SerializeToString()).run(None, {"input": x})[0]
     assert np.abs(a - b).max() / np.abs(a).max() < 1e-5
+
+
+def relu6_graph(seed=0, hi=2.5):
+    """tiny_graph with Clip(0, hi) for its Relu: the high bias often saturates the clip."""
+    g = tiny_graph(seed)
+    relu = g.find_node("relu")
+    lo_c, hi_c = g.add_const("clip.min", np.float32(0)), g.add_const("clip.max", np.float32(hi))
+    clip = Node("Clip", [relu.inputs[0], lo_c, hi_c], [relu.outputs[0].type], name="relu6")
+    g.insert_after(relu, clip)
+    g.replace_value(relu.outputs[0], clip.outputs[0])
+    g.remove(relu)
+    verify(g)
+    return g
+
+
+def _outputs(g, x):
+    return ort.InferenceSession(lower(g).SerializeToString()).run(None, {"input": x})[0]
+
+
+def test_through_relu6_clip_and_per_channel_min():
+    x = np.random.default_rng(1).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    for spec in ("absorb", "cle{clip=scale},absorb"):
+        ref = _outputs(relu6_graph(), x)
+        r = run_pipeline(relu6_graph(), parse_pipeline(spec), _ctx(x))
+        res = r.results[-1][1]
+        assert res.modified and res.stats["through_relu6"] == 1, spec
+        g = r.graph
+        assert not any(n.op == "Clip" for n in g.nodes)
+        bound = next(n for n in g.nodes if n.op == "Min").inputs[1].const.reshape(-1)
+        assert bound.min() >= 0 and bound.min() < 2.5  # lowered by the absorbed constant
+        np.testing.assert_allclose(_outputs(g, x), ref, rtol=1e-5, atol=1e-5)

@@ -108,3 +108,33 @@ def test_clip_data_mode_on_real_model(shared_data):
 def test_options_validated():
     with pytest.raises(ValueError):
         CrossLayerEqualize(iterations=0)
+
+
+def test_golden_clip_scale(golden):
+    g, res = _run(zoo.depthwise_block(), "fold,cle{clip=scale}")
+    assert res.modified and res.stats["clip_bound_per_channel"] == 2  # both inside regions
+    assert sum(n.op == "Min" for n in g.nodes) == 2 and not any(n.op == "Clip" for n in g.nodes)
+    golden("cle/depthwise_clip_scale", format_graph(g, digests=False))
+
+
+def test_clip_scale_equivalent_where_the_clip_is_active():
+    """DFQ's ReLU6 rule is exact, data-free: inputs large enough that every Clip saturates."""
+    model = zoo.depthwise_block()
+    g, res = _run(model, "fold,cle{clip=scale}")
+    feeds = {k: 20 * v for k, v in zoo.random_input(model, batch=4).items()}
+    sess = ort.InferenceSession(model.SerializeToString())
+    assert sess.run(None, feeds)[0].size
+    assert _max_rel(model, lower(g), feeds) < 1e-5
+    b = next(n for n in g.nodes if n.op == "Min").inputs[1].const
+    assert b.shape == (16, 1, 1) and np.ptp(b) > 0  # per channel, not all 6
+
+
+def test_clip_scale_on_lite0(shared_data):
+    from qcompile.data import open_dataset, preset
+
+    model = onnx.load(shared_data / "efficientnet_lite0.onnx")
+    g, res = _run(model, "fold,cle{clip=scale}")
+    assert res.stats["regions"] >= 30 and res.stats["clip_bound_per_channel"] >= 30
+    ds = open_dataset(shared_data / "imagenet_samples_120.npz", preset("lite0"))
+    feeds = {"input": next(ds.batches(4)).x}
+    assert _max_rel(model, lower(g), feeds) < 1e-4
