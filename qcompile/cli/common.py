@@ -146,6 +146,16 @@ def user_errors(fn):
             raise err("out of memory: the input needs more memory than this machine has "
                       "(fewer images, a smaller --batch or a smaller model)", 2) from None
         except Exception as e:
+            if type(e).__module__.startswith("onnxruntime"):
+                # ORT refusing a model or a feed is about the input, wherever it surfaced
+                # (the ORT backend wraps its own calls in backends/ort/guard.py).
+                import re
+
+                text = re.sub(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "",
+                              str(e).strip().splitlines()[0] if str(e).strip() else "")
+                raise err(str(QCompileError(f"ONNX Runtime failed: {text or type(e).__name__}; "
+                                            "the model or its input is not one ORT can run")),
+                          2) from None
             raise internal_error(e) from None
 
     return wrapper

@@ -215,7 +215,7 @@ def check_structure(sk: onnx.ModelProto, src: str) -> None:
     for vi in g.input:
         dims = [d.dim_value if d.HasField("dim_value") else None
                 for d in vi.type.tensor_type.shape.dim]
-        known = [d for d in dims if d is not None]
+        known = [d for d in dims if d is not None and d != -1]  # -1: paddle's "dynamic"
         if any(d <= 0 for d in known):
             raise ModelError(f"model: {src}: graph input {shorten(vi.name)!r} declares a zero or "
                              f"negative dim {dims}; every dim must be >= 1 (or symbolic)")

@@ -32,7 +32,9 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     for vi in list(g.value_info) + list(g.input) + list(g.output):
         tt = vi.type.tensor_type
         if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            # a negative dim_value (paddle's -1) is dynamic: never checked
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                            for d in tt.shape.dim]
     for t in g.initializer:
         out[t.name] = list(t.dims)
     return out
