@@ -228,14 +228,22 @@ def _dynamic(g: Graph, n: Node) -> str | None:
 
 
 def _nonnegative(v: Value, depth: int = 0) -> bool:
-    """``v`` is a Relu output, or pooled/reshaped from one (the Relu would be redundant)."""
+    """``v`` is a Relu output, or pooled, sliced, zero-padded or reshaped from one (another
+    Relu would be redundant)."""
     n = v.producer
     if n is None or depth > 8:
         return False
     if n.op == "Relu":
         return True
-    return n.op in ("GlobalAveragePool", "AveragePool", "MaxPool", "Flatten", "Reshape") and \
-        _nonnegative(n.inputs[0], depth + 1)
+    if n.op == "Pad":  # zero padding keeps the sign
+        c = n.inputs[2] if len(n.inputs) > 2 else None
+        if n.attrs.get("mode", "constant") not in ("constant", b"constant") or (
+                c is not None and not (c.is_const and np.all(np.asarray(c.const) == 0))):
+            return False
+    elif n.op not in ("GlobalAveragePool", "AveragePool", "MaxPool", "Flatten", "Reshape",
+                      "Slice", "Transpose", "Squeeze", "Unsqueeze", "Identity"):
+        return False
+    return _nonnegative(n.inputs[0], depth + 1)
 
 
 LAYOUT = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool")
