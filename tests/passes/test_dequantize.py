@@ -174,6 +174,21 @@ def test_run_refuses_a_quantised_model_without_dequantize(tmp_path, float_model)
                       target="ort-int8", calib=None)
 
 
+def test_cli_refusal_is_one_line_exit_2_and_writes_nothing(tmp_path, float_model):
+    from typer.testing import CliRunner
+
+    from qcompile.cli import app
+
+    p = tmp_path / "q.onnx"
+    onnx.save(ort_quantized(float_model, fmt="QOperator"), p)
+    out = tmp_path / "o.onnx"
+    r = CliRunner().invoke(app, ["run", str(p), "-p", "fold", "-o", str(out)])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith("error: ") and "add 'dequantize' first" in lines[0]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("case", [dict(fmt="QOperator"), dict(dynamic=True)],
                          ids=["qoperator", "dynamic"])
 def test_requantise_round_trip_runs_on_ort(tmp_path, float_model, case):
