@@ -18,7 +18,12 @@ Both are found jointly by Adam on
 
 (``rows``: images times output positions; ``x_q`` the quantised network's input to the block,
 so the block also compensates the error that reaches it), with AdaRound's annealing of ``beta``
-(regulariser off for the first ``warm_start`` of the iterations). The result is hard rounding
+(regulariser off for the first ``warm_start`` of the iterations; ``lam`` times each weight's
+``reg_scale``, e.g. larger for depthwise layers, whose few taps per channel round worse).
+QDrop (Wei et al., ICLR 2022), ``drop = p > 0``: during the optimisation every element of every
+activation quantiser's output is, independently with probability ``p`` per iteration, the float
+input instead of its quantised value (``dy/dx = 1``, no step gradient there), which flattens the
+loss landscape for the quantised activations the next blocks will see. The result is hard rounding
 ``h = [V >= 0]`` and the learned steps; the caller keeps them only when the loss with them is
 lower than with nearest rounding and the calibrated steps.
 """
@@ -47,6 +52,7 @@ class SoftWeight:
     z: np.ndarray
     qmin: int
     qmax: int
+    reg_scale: float = 1.0
     v: np.ndarray = field(init=False)
     base: np.ndarray = field(init=False)
 
@@ -75,7 +81,7 @@ class SoftWeight:
         gh = gw * self.s * ((soft > self.lo) & (soft < self.hi))
         if beta is not None:
             t = 2.0 * np.clip(hraw, 0.0, 1.0) - 1.0
-            gh = gh + reg * (-2.0 * beta) * np.abs(t) ** (beta - 1.0) * np.sign(t)
+            gh = gh + reg * self.reg_scale * (-2.0 * beta) * np.abs(t) ** (beta - 1.0) * np.sign(t)
         return gh * ((ZETA - GAMMA) * sig * (1.0 - sig)) * ((hraw > 0.0) & (hraw < 1.0))
 
 
@@ -117,6 +123,8 @@ class Block:
     weights: list[SoftWeight]
     steps: list[Step]
     output: str
+    drop: float = 0.0  # QDrop probability while optimising (0 outside reconstruct_block)
+    rng: np.random.Generator | None = None
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, feeds: dict[str, np.ndarray], mode: str, keep: bool = False
@@ -164,6 +172,7 @@ class ReconstructConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     warm_start: float = 0.2
+    drop: float = 0.0  # QDrop: probability of keeping an activation element in float
 
 
 class _Adam:
@@ -211,25 +220,29 @@ def reconstruct_block(blk: Block, inputs: dict[str, np.ndarray], target: np.ndar
     u = np.log(np.array([blk.steps[i].s for i in learn], np.float64))
     opt_s = _Adam(cfg.lr_act)
     perm, at = rng.permutation(n), 0
-    for it in range(cfg.iterations):
-        if at + bs > n:
-            perm, at = rng.permutation(n), 0
-        idx = np.sort(perm[at:at + bs])
-        at += bs
-        y, caches = blk.forward({k: v[idx] for k, v in inputs.items()}, "soft", keep=True)
-        gy = (2.0 / _rows(y)) * (y - target[idx])
-        gw, gs = blk.backward(gy.astype(y.dtype), caches)
-        beta = None
-        if it >= warm:
-            rel = (it - warm) / max(cfg.iterations - warm, 1)
-            beta = cfg.beta_end + (cfg.beta_start - cfg.beta_end) * max(0.0, 1.0 - rel)
-        for w, g, opt in zip(blk.weights, gw, opt_w, strict=True):
-            opt.step(w.v, w.grad_v(g, cfg.reg, beta))
-        if learn:
-            opt_s.step(u, gs[learn] * np.exp(u))  # d/d log s = s d/ds
-            for i, ui in zip(learn, u, strict=True):
-                blk.steps[i].s = float(np.exp(ui))
-        if tick is not None and (it + 1) % 10 == 0:
-            tick(10)
-    if tick is not None and cfg.iterations % 10:
-        tick(cfg.iterations % 10)
+    blk.drop, blk.rng = cfg.drop, rng  # QDrop only while optimising
+    try:
+        for it in range(cfg.iterations):
+            if at + bs > n:
+                perm, at = rng.permutation(n), 0
+            idx = np.sort(perm[at:at + bs])
+            at += bs
+            y, caches = blk.forward({k: v[idx] for k, v in inputs.items()}, "soft", keep=True)
+            gy = (2.0 / _rows(y)) * (y - target[idx])
+            gw, gs = blk.backward(gy.astype(y.dtype), caches)
+            beta = None
+            if it >= warm:
+                rel = (it - warm) / max(cfg.iterations - warm, 1)
+                beta = cfg.beta_end + (cfg.beta_start - cfg.beta_end) * max(0.0, 1.0 - rel)
+            for w, g, opt in zip(blk.weights, gw, opt_w, strict=True):
+                opt.step(w.v, w.grad_v(g, cfg.reg, beta))
+            if learn:
+                opt_s.step(u, gs[learn] * np.exp(u))  # d/d log s = s d/ds
+                for i, ui in zip(learn, u, strict=True):
+                    blk.steps[i].s = float(np.exp(ui))
+            if tick is not None and (it + 1) % 10 == 0:
+                tick(10)
+        if tick is not None and cfg.iterations % 10:
+            tick(cfg.iterations % 10)
+    finally:
+        blk.drop, blk.rng = 0.0, None

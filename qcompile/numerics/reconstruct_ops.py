@@ -212,13 +212,21 @@ def _qdq_f(blk: Block, op: Op, xs: list, wts):
     r = np.rint(t)
     inside = (t + st.z > st.qmin) & (t + st.z < st.qmax)  # LSQ: on the unrounded x/s
     qc = np.clip(r + st.z, st.qmin, st.qmax)
-    return ((qc - st.z) * s).astype(x.dtype), (inside, r - t, qc - st.z)
+    y = ((qc - st.z) * s).astype(x.dtype)
+    if blk.drop > 0 and blk.rng is not None:  # QDrop: these elements stay float this step
+        keep = blk.rng.random(x.shape) >= blk.drop
+        return np.where(keep, y, x), (inside, r - t, qc - st.z, keep)
+    return y, (inside, r - t, qc - st.z, None)
 
 
 def _qdq_b(blk: Block, op: Op, g, c, wts, gw, gs):
-    inside, frac, off = c
+    inside, frac, off, keep = c
+    dstep = np.where(inside, frac, off)
+    if keep is not None:
+        dstep = dstep * keep
+        inside = inside | ~keep  # a dropped element is the identity
     if blk.steps[op.arg].learn:
-        gs[op.arg] += float(np.sum(g * np.where(inside, frac, off), dtype=np.float64))
+        gs[op.arg] += float(np.sum(g * dstep, dtype=np.float64))
     return [g * inside]
 
 

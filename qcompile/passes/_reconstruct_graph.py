@@ -129,9 +129,10 @@ def _share_group(n: Node) -> list[Node]:
     return sorted(seen, key=lambda m: m.name)
 
 
-def build_block(plan: BlockPlan, learn_steps: bool = True
+def build_block(plan: BlockPlan, learn_steps: bool = True, reg_depthwise: float = 1.0
                 ) -> tuple[rc.Block, list[QLayer], list[list[Node]]] | str:
-    """The numpy program of ``plan`` (or why it cannot be built)."""
+    """The numpy program of ``plan`` (or why it cannot be built); depthwise weights get
+    ``reg_scale = reg_depthwise``."""
     ops: list[rc.Op] = []
     weights: list[rc.SoftWeight] = []
     wlayers: list[QLayer] = []
@@ -163,7 +164,7 @@ def build_block(plan: BlockPlan, learn_steps: bool = True
         elif n.domain != "":
             return f"{where}: not modelled by the block program"
         elif n.op in WEIGHTED:
-            r = _linear(n, layers.get(n), ins[:1], out, weights, wlayers)
+            r = _linear(n, layers.get(n), ins[:1], out, weights, wlayers, reg_depthwise)
             if isinstance(r, str):
                 return f"{where}: {r}"
             ops.append(r)
@@ -203,7 +204,8 @@ def build_block(plan: BlockPlan, learn_steps: bool = True
 
 
 def _linear(n: Node, la: QLayer | None, ins: tuple[str, ...], out: str,
-            weights: list[rc.SoftWeight], wlayers: list[QLayer]) -> rc.Op | str:
+            weights: list[rc.SoftWeight], wlayers: list[QLayer],
+            reg_depthwise: float = 1.0) -> rc.Op | str:
     if n.op == "Gemm" and (n.attrs.get("transA", 0) or n.attrs.get("alpha", 1.0) != 1.0
                            or n.attrs.get("beta", 1.0) != 1.0):
         return "only Gemm with transA=0, alpha=beta=1"
@@ -219,8 +221,12 @@ def _linear(n: Node, la: QLayer | None, ins: tuple[str, ...], out: str,
     w2 = pt.weight_matrix(la.weight.const, geom)
     o = w2.shape[0] * w2.shape[1]
     s2, z2 = pt.channel_matrix(s, geom, o), pt.channel_matrix(z, geom, o)
+    shape = la.weight.const.shape
+    depthwise = n.op == "Conv" and len(shape) > 1 and shape[1] == 1 and \
+        int(n.attrs.get("group", 1)) == shape[0] > 1
     weights.append(rc.SoftWeight(w2.astype(np.float32), s2[..., None], z2[..., None]
-                                 .astype(np.float32), qt.qmin, qt.qmax))
+                                 .astype(np.float32), qt.qmin, qt.qmax,
+                                 reg_depthwise if depthwise else 1.0))
     wlayers.append(la)
     bias = None if la.bias is None else np.asarray(la.bias.const, np.float32).reshape(-1)
     return rc.Op("conv" if n.op == "Conv" else "gemm", ins, out,

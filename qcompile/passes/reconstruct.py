@@ -23,6 +23,11 @@ rounding and the calibrated steps (else declined, counted). It is written into t
 * the int32 bias QDQ of every layer whose input step changed (in this block or the next)
   gets ``s_b = s_in s_w``.
 
+``drop=p``: QDrop (Wei et al. 2022): while learning, each activation QDQ output element is its
+float input with probability ``p`` (0.5 in the paper; see :mod:`qcompile.numerics.reconstruct`).
+``reg_depthwise``: the rounding regulariser of depthwise layers is ``reg * reg_depthwise``
+(default 10: a depthwise channel has only k*k taps, whose rounding needs the stronger push).
+
 ``weight_scale=mse`` (default, BRECQ's initialisation) first replaces every weight QDQ's
 min-max scale by the per-channel MSE-optimal one (and its bias scale accordingly); the rounding
 is then learned on that grid.
@@ -74,6 +79,8 @@ class Reconstruct(Pass):
     images: int = 256
     batch: int = 16
     reg: float = 0.01
+    reg_depthwise: float = 10.0  # rounding-loss weight of depthwise layers, times ``reg``
+    drop: float = 0.0  # QDrop probability (0.5 in the paper)
     act_steps: bool = True
     weight_scale: Literal["mse", "keep"] = "mse"
     threads: int = 1
@@ -86,6 +93,9 @@ class Reconstruct(Pass):
         if not (self.lr > 0 and self.lr_act >= 0):
             raise OptionError(f"pass 'reconstruct': lr={self.lr}, lr_act={self.lr_act} must be "
                               "> 0 and >= 0")
+        if not (0.0 <= self.drop < 1.0 and self.reg_depthwise > 0):
+            raise OptionError(f"pass 'reconstruct': drop={self.drop} must be in [0, 1) and "
+                              f"reg_depthwise={self.reg_depthwise} > 0")
         if self.weight_scale not in ("mse", "keep"):
             raise OptionError(f"pass 'reconstruct': weight_scale={self.weight_scale!r}; use "
                               "'mse' or 'keep'")
@@ -111,7 +121,7 @@ class Reconstruct(Pass):
         rng = np.random.default_rng(self.seed)
         fg = float_reference(graph)
         cfg = rc.ReconstructConfig(self.iterations, self.lr, self.lr_act if self.act_steps
-                                   else 0.0, self.batch, self.reg)
+                                   else 0.0, self.batch, self.reg, drop=self.drop)
         bar = Ticker(ctx, len(plans) * self.iterations, "reconstruct")
         modified = False
         try:
@@ -129,7 +139,7 @@ class Reconstruct(Pass):
                cfg: rc.ReconstructConfig, rng: np.random.Generator, bar: Ticker,
                st: Stats) -> bool:
         t0 = time.perf_counter()
-        built = build_block(plan, learn_steps=self.act_steps)
+        built = build_block(plan, learn_steps=self.act_steps, reg_depthwise=self.reg_depthwise)
         where = f"block {plan.name!r}"
         if isinstance(built, str):
             st.skip("unsupported", where, built)

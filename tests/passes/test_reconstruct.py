@@ -246,3 +246,55 @@ def test_reconstruct_block_lowers_the_loss():
     before = rc.block_loss(blk, feeds, target, "nearest")
     rc.reconstruct_block(blk, feeds, target, rc.ReconstructConfig(iterations=300, batch=8), rng)
     assert rc.block_loss(blk, feeds, target, "hard") < before
+
+
+def test_qdrop_keeps_a_random_half_float_with_identity_gradient():
+    rng = np.random.default_rng(3)
+    st = rc.Step(0.2, 1.0, 0, 15)
+    blk = rc.Block([rc.Op("qdq", ("x",), "y", 0)], [], [st], "y")
+    x = rng.normal(scale=2.0, size=(4, 500))
+    q, cq = blk.forward({"x": x}, "soft", keep=True)
+    blk.drop, blk.rng = 0.5, np.random.default_rng(0)
+    y, caches = blk.forward({"x": x}, "soft", keep=True)
+    keep = caches[0][3]
+    assert 0.45 < keep.mean() < 0.55
+    np.testing.assert_array_equal(y[keep], q[keep])
+    np.testing.assert_array_equal(y[~keep], x[~keep])
+    g = rng.normal(size=x.shape)
+    gs = np.zeros(1)
+    gx = rops.BWD["qdq"](blk, blk.ops[0], g, caches[0], [], [], gs)[0]
+    np.testing.assert_array_equal(gx[~keep], g[~keep])
+    full = np.zeros(1)
+    g_full = rops.BWD["qdq"](blk, blk.ops[0], g * keep, cq[0], [], [], full)[0]
+    np.testing.assert_allclose(gs, full)  # the step learns from the quantised elements only
+    np.testing.assert_array_equal(gx[keep], g_full[keep])
+
+
+def test_qdrop_reconstruction_lowers_the_loss_and_ends_without_drop():
+    rng = np.random.default_rng(0)
+    blk, feeds = _tiny_block(rng, False)
+    blk.steps.append(rc.Step(0.1, 0.0, 0, 15))
+    blk.ops.insert(2, rc.Op("qdq", ("b",), "b2", 0))
+    blk.ops[3] = rc.Op("conv", ("b2",), "c", blk.ops[3].arg)
+    for sw in blk.weights:
+        sw.__post_init__()
+    feeds = {k: np.concatenate([v] * 8) + rng.normal(scale=0.1, size=(16,) + v.shape[1:])
+             for k, v in feeds.items()}
+    fp = rc.Block([o for o in blk.ops if o.kind != "qdq"] , [rc.SoftWeight(
+        sw.w2, sw.s * 1e-6, sw.z, -2**30, 2**30) for sw in blk.weights], [], "y")
+    fp.ops[2] = rc.Op("conv", ("b",), "c", fp.ops[2].arg)
+    target, _ = fp.forward(feeds, "nearest")
+    before = rc.block_loss(blk, feeds, target, "nearest")
+    rc.reconstruct_block(blk, feeds, target, rc.ReconstructConfig(iterations=200, batch=8,
+                                                                  drop=0.5), rng)
+    assert blk.drop == 0.0 and blk.rng is None
+    assert rc.block_loss(blk, feeds, target, "hard") < before
+
+
+def test_rounding_regulariser_scales_per_weight():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(1, 4, 9))
+    s = np.full((1, 4, 1), 0.25)
+    a, b = (rc.SoftWeight(w, s, np.zeros_like(s), -8, 7, reg_scale=k) for k in (1.0, 10.0))
+    zero = np.zeros_like(w)
+    np.testing.assert_allclose(b.grad_v(zero, 0.01, 3.0), 10 * a.grad_v(zero, 0.01, 3.0))
