@@ -36,8 +36,9 @@ from qcompile.testing import zoo
 GOOD = ("ok", "error")
 TIME_BUDGET_S = 60
 MEMORY_BUDGET = 512 << 20  # tracemalloc peak per example
-#: The budget the run under test enforces on its inputs (well below MEMORY_BUDGET).
-os.environ.setdefault("QCOMPILE_MEMORY_BUDGET", "256M")
+#: The budget the run under test enforces on its inputs (well below MEMORY_BUDGET); set only
+#: while a run is in progress, so other tests in the same process keep the default.
+INPUT_BUDGET = "256M"
 
 
 class _Timeout(BaseException):
@@ -66,6 +67,8 @@ def run_cli(args: list[str], *, output: Path | None = None, timeout: int = TIME_
     from qcompile.cli import app
 
     runner = CliRunner()
+    saved = os.environ.get("QCOMPILE_MEMORY_BUDGET")
+    os.environ["QCOMPILE_MEMORY_BUDGET"] = INPUT_BUDGET
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(timeout)
     tracemalloc.start()
@@ -78,6 +81,10 @@ def run_cli(args: list[str], *, output: Path | None = None, timeout: int = TIME_
         signal.signal(signal.SIGALRM, old)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
+        if saved is None:
+            os.environ.pop("QCOMPILE_MEMORY_BUDGET", None)
+        else:
+            os.environ["QCOMPILE_MEMORY_BUDGET"] = saved
     if isinstance(res.exception, _Timeout):
         return Outcome("hang", None, f"over {timeout} s")
     if peak > memory:
