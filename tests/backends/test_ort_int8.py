@@ -82,11 +82,15 @@ def test_executor_caches_session_per_graph_and_outputs():
     x = {"input": np.zeros((1, 3, 8, 8), np.float32)}
     relu = next(n for n in g.nodes if n.op == "Relu").output
     a = ex.run(g, x, [relu])
-    s1 = ex._sess
+    s1 = ex._session(g, [relu])
     ex.run(g, x, [relu])
-    assert ex._sess is s1 and a[relu].shape == (1, 8, 8, 8)
-    ex.run(g, x, [relu, g.outputs[0]])
-    assert ex._sess is not s1
+    assert ex._session(g, [relu]) is s1 and a[relu].shape == (1, 8, 8, 8)
+    ex.run(g, x, [relu, g.outputs[0]])  # another set of outputs: its own (pruned) session
+    assert ex._session(g, [relu, g.outputs[0]]) is not s1
+    assert ex._session(g, [relu]) is s1  # kept (one session per output set, LRU)
+    g2 = lift(zoo.conv_bn_relu())
+    ex.run(g2, x, [next(n for n in g2.nodes if n.op == "Relu").output])
+    assert ex._session(g, [relu]) is not s1  # another graph: sessions rebuilt
 
 
 def test_cpu_detection_and_defaults():
