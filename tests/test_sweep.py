@@ -55,7 +55,7 @@ def test_cli_bad_format_exits_2_before_work(mini):
 def test_cli_sweep_int_only_writes_table_and_plot(mini, tmp_path):
     m, d = mini
     md, png = tmp_path / "t.md", tmp_path / "s.png"
-    r = runner.invoke(app, ["sweep", str(m), "--data", str(d), "--limit", "6",
+    r = runner.invoke(app, ["sweep", str(m), "--data", str(d), "--preprocess", "none", "--limit", "6",
                             "--calib-images", "8", "--formats", "int8,int16", "-o", str(md),
                             "--plot", str(png)])
     assert r.exit_code == 0, r.output
@@ -66,7 +66,7 @@ def test_cli_sweep_int_only_writes_table_and_plot(mini, tmp_path):
 def test_cli_sweep_small_end_to_end(mini, tmp_path):
     m, d = mini
     md, png = tmp_path / "t.md", tmp_path / "s.png"
-    r = runner.invoke(app, ["sweep", str(m), "--data", str(d), "--limit", "6",
+    r = runner.invoke(app, ["sweep", str(m), "--data", str(d), "--preprocess", "none", "--limit", "6",
                             "--calib-images", "8", "--formats", "int8,b7e3..b8e3,posit8_1",
                             "-o", str(md), "--plot", str(png), "--json"])
     assert r.exit_code == 0, r.output

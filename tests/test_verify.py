@@ -207,7 +207,7 @@ def test_user_errors(pow2, tmp_path):
     onnx.save(zoo.mini_resnet(), fp)
     npz = tiny_npz(tmp_path / "t.npz", n=4, size=16)
     _one_line_error(invoke("verify", fp, "--data", npz), "not quantised")
-    _one_line_error(invoke("verify", path, "--data", npz), "do not match the model input")
+    _one_line_error(invoke("verify", path, "--data", npz, "--preprocess", "none"), "do not match the model input")
     _one_line_error(invoke("verify", path, "--data", data, "--report", tmp_path / "r.md"),
                     "--reference")
     _one_line_error(invoke("verify", path, "--data", data, "--opt-level", "max"), "--opt-level")

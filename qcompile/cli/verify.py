@@ -92,10 +92,6 @@ def verify_cmd(
         from qcompile.driver.html_report import check_html_path
 
         check_html_path(html)
-    from qcompile.driver.defaults import choose_preprocess, file_facts
-
-    preprocess = choose_preprocess(preprocess, [file_facts(model)], data,
-                                   lambda m: typer.echo(m, err=True))
     res = verify_model(model, data, preprocess=preprocess, limit=limit, batch=batch,
                        opt_level=opt_level, device=device, engine=engine, threads=threads,
                        dump=dump, reference=reference, float_model=float_model, isolate=isolate,

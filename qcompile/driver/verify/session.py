@@ -57,7 +57,12 @@ class VerifySession:
                 self._captured[v.name] = t
 
     # ------------------------------------------------------------------ data
-    def open_data(self, data, preprocess: str, limit: int | None, log: Callable[[str], None]):
+    def open_data(self, data, preprocess: str | None, limit: int | None,
+                  log: Callable[[str], None]):
+        from qcompile.driver.defaults import choose_preprocess, graph_facts
+
+        # None: what the model records/describes, else refused for uint8 (data/recipe.py)
+        preprocess = choose_preprocess(preprocess, [graph_facts(self.graph, self.path)], data, log)
         ds = open_data(data, preprocess, log=log)
         # fed as the model declares its input: dtype (uint8 raw pixels) and layout (NHWC);
         # never resized (a size mismatch stays the one-line error of check_input)
