@@ -3,6 +3,12 @@
 The public API, importable from the package root (loaded lazily, so ``import qcompile`` is cheap)::
 
     from qcompile import lift, run_pipeline, parse_pipeline, lower, save_model, verify
+
+and the main jobs of the command line in one call each (:mod:`qcompile.driver.api`)::
+
+    from qcompile import quantize, emulate, verify_model, evaluate
+
+``verify`` is the IR verifier; ``verify_model`` is ``qcompile verify`` (ORT vs the exact network).
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ _EXPORTS = {
     "parse_pipeline": "qcompile.passes",
     "run_pipeline": "qcompile.passes",
     "compile_model": "qcompile.driver.compile",
+    "quantize": "qcompile.driver.api",
+    "emulate": "qcompile.driver.api",
+    "verify_model": "qcompile.driver.api",
+    "evaluate": "qcompile.driver.api",
+    "EmulationResult": "qcompile.driver.api",
+    "VerifyResult": "qcompile.driver.api",
+    "EvaluationResult": "qcompile.driver.api",
     "QCompileError": "qcompile.errors",
 }
 

@@ -27,22 +27,35 @@ def _split(text: str) -> list[str]:
     return split_specs(text)
 
 
-def compile_model(model: str | Path, output: str | Path, *, passes: str | None = None,
-                  target: str = "ort-fp32", calib: str | None = None,
-                  preprocess: str | None = None,
-                  print_after: Sequence[str] = (), dump_dir: str | None = None, seed: int = 0,
-                  verify_each: bool = True, progress: Callable | None = None,
-                  log: Callable[[str], None] = lambda m: None,
-                  cpu: str | None = None,
-                  extra_instruments: Sequence[Any] = ()) -> dict[str, Any]:
-    """Run the whole job and write ``output`` atomically; returns a JSON-ready report.
+def compile_model(model: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
+    """:func:`build_model`, then write ``output`` atomically (checked before any pass runs);
+    returns the JSON-ready report with ``output`` set."""
+    from qcompile.backends.ort import save_model
+
+    out = check_output_path(output, "-o")
+    model_proto, report = build_model(model, **options)
+    save_model(model_proto, out)
+    report["output"] = str(out)
+    return report
+
+
+def build_model(model: Any, *, passes: str | None = None,
+                target: str = "ort-fp32", calib: str | None = None,
+                preprocess: str | None = None,
+                print_after: Sequence[str] = (), dump_dir: str | None = None, seed: int = 0,
+                verify_each: bool = True, progress: Callable | None = None,
+                log: Callable[[str], None] = lambda m: None,
+                cpu: str | None = None,
+                extra_instruments: Sequence[Any] = ()) -> tuple[Any, dict[str, Any]]:
+    """Run the whole job in memory: ``(onnx.ModelProto, JSON-ready report)``; writes nothing.
+    ``model`` is a path or an ``onnx.ModelProto``.
 
     ``passes=None``: the target's default pipeline (``ort-int8``: fold,calibrate,quantize).
     ``preprocess=None``: recorded/detected from the model, or refused for uint8 images
     (:mod:`qcompile.data.recipe`).  The output records the preset it was calibrated with
     (``qcompile.preprocess``) and, for ``ort-int8``, the model it came from
     (``qcompile.source_model``), so ``eval`` needs no flag and shows the FP32 baseline."""
-    from qcompile.backends.ort import lower, save_model
+    from qcompile.backends.ort import lower
     from qcompile.frontend import lift
 
     tgt = get_target(target)
@@ -55,16 +68,17 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str | None =
     for unknown in [n for n in print_after if n != "all" and n not in REGISTRY]:
         raise QCompileError(f"--print-after: unknown pass {unknown!r}; valid: "
                             f"{', '.join(sorted(REGISTRY))} or all")
-    out = check_output_path(output, "-o")
+    named = isinstance(model, (str, Path))
+    label = str(model) if named else "<ModelProto>"
     graph = canonical(lift(model, warn=log), log)
     n_quant = quantised_ops(graph)
     if n_quant and written[:1] != ["dequantize"]:
-        raise QCompileError(f"{model} is already quantised ({n_quant} QuantizeLinear/QLinear ops)"
+        raise QCompileError(f"{label} is already quantised ({n_quant} QuantizeLinear/QLinear ops)"
                             "; add 'dequantize' first: -p dequantize,calibrate,quantize")
     if not n_quant:
         check_graph(tgt, graph, stage="input")
     if calib is not None:
-        preprocess = choose_preprocess(preprocess, [graph_facts(graph, str(model))], calib, log)
+        preprocess = choose_preprocess(preprocess, [graph_facts(graph, label)], calib, log)
     ctx = pass_context(pipeline, calib=calib, preprocess=preprocess, seed=seed,
                        verify_each=verify_each, progress=progress, log=log)
     instruments = []
@@ -84,7 +98,7 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str | None =
         result = run_pipeline(graph, pipeline, ctx)
     check_graph(tgt, result.graph, stage="output")
     record_preprocess(result.graph.metadata, preprocess)
-    if tgt.name == "ort-int8":
+    if tgt.name == "ort-int8" and named:
         result.graph.metadata[SOURCE_KEY] = str(Path(model).resolve())
     model_proto = lower(result.graph)
     extra: dict[str, Any] = {}
@@ -92,10 +106,9 @@ def compile_model(model: str | Path, output: str | Path, *, passes: str | None =
         from qcompile.backends.ort.measure import optimized_op_counts
 
         extra["ort_ops"] = dict(sorted(optimized_op_counts(model_proto).items()))
-    save_model(model_proto, out)
-    return {**extra,
-        "model": str(model),
-        "output": str(out),
+    return model_proto, {**extra,
+        "model": label,
+        "output": None,
         "target": tgt.name,
         "pipeline": ",".join(p.spec() for p in pipeline),
         "preprocess": preprocess,
