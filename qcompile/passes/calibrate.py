@@ -14,6 +14,10 @@ Then ``meta[RANGE] = Range(lo, hi, method)`` with
 * ``entropy``: KL-divergence threshold for ``bits``-bit quantisation on ``bins`` bins per side;
 * ``mse``: the range minimising the expected squared quantisation error at ``bits`` bits.
 
+A Relu output whose only use is ``Min(x, B)`` with a constant per-channel ``B`` (ReLU6 after
+``cle{clip=scale}``) gets the Min output's upper bound when that is lower (exact, see
+:func:`_per_channel_clip`).
+
 Observed values: graph inputs and node outputs of float type, except a value whose only use is a
 Relu/Clip (that activation is fused into its producer when quantised, so only its output is
 quantised). Images: ``take = min(images, len(data))`` chosen by ``select`` (maths in
@@ -138,6 +142,11 @@ class Calibrate(Pass):
         for v, obs in observers.items():
             lo, hi = obs.range(self.method, percentile=self.percentile, bits=self.bits)
             v.meta[RANGE] = Range(float(lo), float(hi), self.method)
+        for v in observers:  # Relu -> Min(x, B): the Min clips what the Relu's QDQ would keep
+            after = _per_channel_clip(v)
+            if after in observers and after.meta[RANGE].hi < v.meta[RANGE].hi:
+                v.meta[RANGE] = Range(v.meta[RANGE].lo, after.meta[RANGE].hi, self.method)
+                st.count("ranges_capped_by_clip")
         info["record"]["images"] = seen
         write_record(graph.metadata, info["record"])
         st.count("observed_values", len(values))
@@ -211,6 +220,20 @@ class Calibrate(Pass):
             "in order (the first images)"]
         return gen_items(), len(items), {"log": log, "record": record, "notes": notes,
                                          "source": "<in-memory feeds>"}
+
+
+def _per_channel_clip(v: Value) -> Value | None:
+    """The output of ``Min(v, B)`` (constant ``B``) when that is ``v``'s only use and ``v`` is a
+    Relu output: a ReLU6 with per-channel bounds (``cle{clip=scale}``). Quantising ``v`` with
+    the Min output's range ``[lo, h]`` loses nothing: where ``v_c > h``, ``B_c <= h`` (the Min
+    output never exceeds ``h``), so ``min(min(v_c, h), B_c) = min(v_c, B_c)``."""
+    uses = v.uses()
+    if v.producer is None or v.producer.op != "Relu" or len(uses) != 1:
+        return None
+    n, idx = uses[0]
+    if n.op != "Min" or n.domain != "" or len(n.inputs) != 2 or not n.inputs[1 - idx].is_const:
+        return None
+    return n.outputs[0]
 
 
 def observed_values(graph: Graph) -> list[Value]:

@@ -98,3 +98,23 @@ def test_in_memory_feeds_and_nothing_to_observe():
                        PassContext(calib_data=feeds, executor=OrtExecutor()))
     assert res.results[-1][1].stats["images"] == 6
     assert observed_values(g)
+
+
+def test_relu_range_capped_by_per_channel_clip():
+    """After cle{clip=scale}, Relu -> Min(x, B): the Relu's range ends where the Min's does."""
+    from qcompile.backends.ort.executor import OrtExecutor
+    from qcompile.frontend import lift
+    from qcompile.ir import RANGE
+    from qcompile.passes import PassContext, parse_pipeline, run_pipeline
+    from qcompile.testing import zoo
+
+    m = zoo.depthwise_block()
+    feeds = [20 * zoo.random_input(m, batch=8, seed=i)["input"] for i in range(2)]
+    r = run_pipeline(lift(m), parse_pipeline("fold,cle{clip=scale},calibrate"),
+                     PassContext(calib_data=feeds, executor=OrtExecutor()))
+    assert r.results[-1][1].stats["ranges_capped_by_clip"] >= 1
+    for n in r.graph.nodes:
+        if n.op == "Min":
+            relu_out = n.inputs[0]
+            assert relu_out.meta[RANGE].hi == n.outputs[0].meta[RANGE].hi
+            assert n.outputs[0].meta[RANGE].hi <= float(n.inputs[1].const.max()) + 1e-6
