@@ -83,8 +83,10 @@ def test_impossible_format_is_one_line_error(tiny, args):
     r = _run(tiny / "mini.onnx", *args, "--data", tiny / "imgs.npz")
     assert r.exit_code == 2
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "format" in lines[0].lower() \
-        or "precision" in lines[0] or "exp-bits" in lines[0], r.output
+    # one line naming what is wrong: the format, or the option whose bound refuses it
+    assert len(lines) == 1 and lines[0].startswith("error: ") and (
+        "format" in lines[0].lower() or "precision" in lines[0] or "exp-bits" in lines[0]
+        or "--bits" in lines[0]), r.output
 
 
 def test_format_choice_errors(tiny):

@@ -218,6 +218,6 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise QCompileError("PNG plots need matplotlib: pip install 'qcompile[bench]' "
-                            "(or omit the .png output)") from None
+        raise QCompileError("PNG plots need matplotlib, a qcompile dependency that is missing "
+                            "here: pip install matplotlib (or omit the .png output)") from None
     return plt
