@@ -8,6 +8,12 @@
    IEEE-style bits 8..24 with E=4 and E=5 and the named formats, against FP32 (ORT); PNG plot.
 
     python benchmarks/bench_emulate.py [--images 500] [--repeat 5] [--skip-accuracy]
+    python benchmarks/bench_emulate.py --throughput [--repeat 3] [--verify 100]
+
+3. ``--throughput``: per format family and rounding mode, M MAC/s per core (CPU time of all
+   threads), wall time over ONNX Runtime FP32 and over the plain same-order float32 loop (the
+   fp32 lane kernels' Conv+Gemm time), on ResNet-20 (batch 50) and ResNet-18@128 (batch 1, 8),
+   with ``--verify K`` mismatches per row; all ratios from the same run.
 
 Prints markdown tables; writes benchmarks/results/bench_emulate.json and emulate_accuracy.png.
 """
@@ -202,6 +208,95 @@ def plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
+# throughput table (#14 item 5): (row name, make_config options)
+TP_FORMATS = [("fp32", dict(format="fp32")), ("bf16", dict(format="bf16")),
+              ("fp16", dict(format="fp16")), ("b15e4", dict(format="b15e4")),
+              ("b15e4 up", dict(format="b15e4", rounding="up")),
+              ("b15e4 zero", dict(format="b15e4", rounding="zero")),
+              ("p=11 subnormal=off", dict(format="p=11,emin=-14,emax=16,subnormal=off")),
+              ("e4m3", dict(format="e4m3")), ("qresnet compat", dict(compat="qresnet"))]
+
+
+def _tp_models(which: list[str]):
+    """(name, graph, input) on the same images as ORT gets them."""
+    from qcompile.data import open_dataset, preset
+
+    for name in which:
+        if name == "resnet20-b50":
+            ds = open_dataset(DATA / "cifar10_test_dev.npz", preset("cifar"))
+            x = next(iter(ds.batches(50))).x
+            yield name, lift(DATA / "cifar10_resnet20.onnx"), x
+        else:  # resnet18@128-bN
+            b = int(name.rsplit("-b", 1)[1])
+            m = zoo.resnet(18, image_size=128)
+            yield name, lift(m), zoo.random_input(m, batch=b)["input"]
+
+
+def _cpu_run(interp, feeds, repeat):
+    """(median wall seconds, CPU seconds of the median-ish run: all threads)."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        c0, t0 = time.process_time(), time.perf_counter()
+        interp.run(feeds)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return median(walls), median(cpus)
+
+
+def bench_throughput(models: list[str], formats: list[str], repeat: int, verify: int) -> list:
+    """Per model x format: M MAC/s per core (CPU time), wall ratio to ORT FP32 and to the plain
+    same-order float32 loop (the fp32 lane kernels' Conv+Gemm time), all in this run."""
+    from qcompile.backends.mpfr.listeners import Verifier
+    from qcompile.backends.ort import lower, session
+    from qcompile.driver.emulate import op_profile
+
+    rows = []
+    for mname, g, x in _tp_models(models):
+        in_name = g.inputs[0].name
+        feeds = {in_name: x}
+        macs, _ = conv_macs(g, x.shape)
+        sess = session(lower(g))
+        sess.run(None, {in_name: x})
+        ort_s = median(timeit(lambda s=sess, f=feeds: s.run(None, f), repeat=repeat, warmup=0))
+        lim = Interpreter(g, make_config(format="fp32"), "fast")
+        lim.prepare()
+        lim.engine.A.warmup()
+        lim.run(feeds)
+        lim.node_seconds.clear()
+        for _ in range(repeat):
+            lim.run(feeds)
+        prof = op_profile(lim)
+        limit_s = (prof.get("Conv", 0.0) + prof.get("Gemm", 0.0)) / repeat
+        for fname, kw in TP_FORMATS:
+            if fname not in formats:
+                continue
+            cfg = make_config(**kw)
+            interp = Interpreter(g, cfg, "fast")
+            interp.prepare()
+            interp.engine.A.warmup()
+            interp.run(feeds)
+            interp.node_seconds.clear()
+            wall, cpu = _cpu_run(interp, feeds, repeat)
+            prof = {k: v / repeat for k, v in op_profile(interp).items()}
+            mism = None
+            if verify:
+                v = Verifier(cfg, verify, seed=0)
+                check = Interpreter(g, cfg, "fast", listeners=[v])
+                check.run(feeds)
+                mism = v.report()["mismatches"]
+            rows.append({"model": mname, "format": fname, "macs": macs, "seconds": wall,
+                         "cpu_seconds": cpu, "mmacs_per_core": macs / cpu / 1e6,
+                         "ort_seconds": ort_s, "vs_ort": wall / ort_s,
+                         "limit_seconds": limit_s, "vs_limit": wall / limit_s,
+                         "profile": prof, "kernels": dict(interp.engine.A.kernel_stats),
+                         "verify_mismatches": mism})
+            r = rows[-1]
+            print(f"  {mname} {fname}: {wall:.3f} s, {r['mmacs_per_core']:.0f} M MAC/s per core,"
+                  f" {r['vs_ort']:.1f}x ORT, {r['vs_limit']:.1f}x limit, verify {mism}",
+                  flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=200)
@@ -210,7 +305,24 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--fold", action="store_true", help="fold BatchNormalization first")
     ap.add_argument("--formats", default=",".join(ACC_FORMATS))
+    ap.add_argument("--throughput", action="store_true",
+                    help="only the throughput table (per format family and rounding mode)")
+    ap.add_argument("--tp-models", default="resnet20-b50,resnet18@128-b1,resnet18@128-b8")
+    ap.add_argument("--tp-formats", default=",".join(n for n, _ in TP_FORMATS))
+    ap.add_argument("--verify", type=int, default=100, help="--verify K per throughput row")
     args = ap.parse_args()
+    if args.throughput:
+        load = __import__("os").getloadavg()[0]
+        rows = bench_throughput(args.tp_models.split(","), args.tp_formats.split(","),
+                                args.repeat, args.verify)
+        print(f"\nload average at start {load:.2f}")
+        print(table(["model", "format", "G MACs", "seconds", "M MAC/s per core", "x ORT FP32",
+                     "x fp32 loop (limit)", "verify mismatches"],
+                    [[r["model"], r["format"], f"{r['macs'] / 1e9:.3f}", f"{r['seconds']:.3f}",
+                      f"{r['mmacs_per_core']:.0f}", f"{r['vs_ort']:.1f}", f"{r['vs_limit']:.1f}",
+                      r["verify_mismatches"]] for r in rows]))
+        print(f"\nwrote {write_json('bench_emulate_throughput', {'load': load, 'rows': rows})}")
+        return
     r = bench_resnet18(args.repeat, args.samples)
     print(table(["model", "format", "MACs", "fast engine", "MAC/s", "MAC/s per core (CPU time)",
                  "reference/MAC",

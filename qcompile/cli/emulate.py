@@ -62,6 +62,8 @@ def emulate(
                               "results)"),
     cluster: Optional[str] = cluster_option(),
     as_json: bool = json_option(),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also print the evaluation "
+                                 "time per op type (the profile)"),
 ) -> None:
     """Run MODEL with every operation rounded into a float format (MPFR semantics).
 
@@ -90,19 +92,23 @@ def emulate(
     if as_json:
         _echo_json(rep)
     else:
-        _print_emulation(rep)
+        _print_emulation(rep, verbose)
     if bad:
         typer.echo(f"error: --verify found {bad} mismatch(es) between the fast and reference "
                    f"engines, e.g. {rep['verify']['examples'][0]}", err=True)
         raise typer.Exit(1)
 
 
-def _print_emulation(rep: dict) -> None:
+def _print_emulation(rep: dict, verbose: bool = False) -> None:
     typer.echo(f"model   {rep['model']}  (load {rep['load_seconds']:.2f} s, convert+compile "
                f"{rep['compile_seconds']:.2f} s)")
     typer.echo(f"format  {rep['describe']}")
     typer.echo(f"engine  {rep['engine']}: {rep['seconds']:.3f} s network evaluation for "
                f"{rep['images']} image(s); FP32 (onnxruntime) {rep['fp32_seconds']:.3f} s")
+    if verbose and rep.get("profile"):
+        total = sum(rep["profile"].values()) or 1.0
+        typer.echo("profile " + "  ".join(f"{op} {t:.3f} s ({100 * t / total:.0f}%)"
+                                          for op, t in rep["profile"].items() if t > 0))
     if "accuracy" in rep:
         a = rep["accuracy"]
         pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731

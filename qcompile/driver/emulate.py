@@ -119,7 +119,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         listeners.append(dumper)
     kw = {"use_numba": use_numba} if engine == "fast" else {}
     t1 = time.perf_counter()
-    interp = None if cluster else _interpreter(graph, cfg, engine, listeners, kw)
+    interp = None if cluster else _interpreter(graph, cfg, engine, listeners, kw, log)
     compile_s = time.perf_counter() - t1
     in_name = graph.inputs[0].name
     in_dtype = input_spec(float_graph.inputs[0]).dtype
@@ -184,6 +184,8 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         rep["cluster"] = cluster
     if engine == "fast":
         rep["kernels"] = dict(interp.engine.A.kernel_stats) if interp else (kernels or {})
+    if interp is not None:
+        rep["profile"] = op_profile(interp)
     if data is not None:
         rep["accuracy"] = {"top1": n_ok / n_lab if n_lab else None,
                            "fp32_top1": n_ok32 / n_lab if (n_lab and fp32) else None,
@@ -196,13 +198,48 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
     return rep
 
 
-def _interpreter(graph, cfg: EmuConfig, engine: str, listeners: list, kw: dict) -> Interpreter:
+def _interpreter(graph, cfg: EmuConfig, engine: str, listeners: list, kw: dict,
+                 log: Callable[[str], None] = lambda m: None) -> Interpreter:
     """The emulator, prepared and (fast engine) with its kernels compiled."""
     interp = Interpreter(graph, cfg, engine, listeners=listeners, **kw)
     interp.prepare()
     if engine == "fast":
-        interp.engine.A.warmup()
+        warm_kernels(interp.engine.A, log)
     return interp
+
+
+def warm_kernels(arith, log: Callable[[str], None]) -> None:
+    """Compile or load the numba kernels; when that takes over a second (the first run, before
+    numba's disk cache exists) say so, with progress, instead of staying silent."""
+    import threading
+
+    t0 = time.perf_counter()
+    said = threading.Event()
+
+    def announce():
+        said.set()
+        log("compiling kernels (first run only) ...")
+
+    timer = threading.Timer(1.0, announce)
+    timer.daemon = True
+    timer.start()
+
+    def progress(done, total):
+        if said.is_set():
+            log(f"compiling kernels: {done}/{total} ({time.perf_counter() - t0:.0f} s)")
+
+    try:
+        arith.warmup(progress)
+    finally:
+        timer.cancel()
+
+
+def op_profile(interp: Interpreter) -> dict[str, float]:
+    """Evaluation seconds per op type (kernels only, listeners excluded), largest first."""
+    prof: dict[str, float] = {}
+    for n in interp.graph.nodes:
+        prof[n.op] = prof.get(n.op, 0.0) + interp.node_seconds.get(n.name, 0.0)
+    return dict(sorted(prof.items(), key=lambda kv: -kv[1]))
 
 
 def run_batch(interp: Interpreter, sess, x: np.ndarray, in_name: str, in_dtype, out_name: str

@@ -350,3 +350,7 @@ def conv_transpose2d(x, w, out, bias, sh, sw, pt, pl, dh, dw, group, ip, fp, bad
                     flag |= b
                 out[n, oc, oy, ox] = acc
         bad[n, oc] = flag
+
+
+# public for the vectorised round-to-nearest kernels of ``_nb_simd``
+f2i, i2f, rnd_n = _f2i, _i2f, _rnd_n

@@ -38,10 +38,27 @@ from qcompile.numerics import fastfp
 from qcompile.numerics._fastfp_core import get_plan
 from qcompile.numerics.formats import Rounding
 
-try:  # numba is what makes the engine fast; without it everything stays exact, only slower
-    from qcompile.backends.mpfr import _nb
-except ImportError:  # pragma: no cover - exercised only where numba is not installed
-    _nb = None
+
+def _load_kernels():
+    """The numba kernel modules, or Nones without numba (everything stays exact, only slower).
+    numba's disk cache (cache=True) needs a writable place: beside the sources, else the user
+    cache dir; when neither is writable numba refuses to decorate, and the kernels compile
+    into a private temporary cache instead (first-run compile on every run, nothing lost)."""
+    try:
+        from qcompile.backends.mpfr import _nb, _nb_native, _nb_simd
+    except ImportError:  # pragma: no cover - exercised only where numba is not installed
+        return None, None, None
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        import tempfile
+
+        import numba
+
+        numba.config.CACHE_DIR = tempfile.mkdtemp(prefix="qcompile-numba-")
+        from qcompile.backends.mpfr import _nb, _nb_native, _nb_simd
+    return _nb, _nb_native, _nb_simd
+
+
+_nb, _nb_native, _nb_simd = _load_kernels()
 
 _F64 = np.float64
 _SAFE_LO = math.ldexp(1.0, -480)
@@ -55,33 +72,94 @@ def numba_available() -> bool:
     return _nb is not None
 
 
+# (p, emin, emax) of the formats that are the machine's own (IEEE binary32 / binary64)
+_NATIVE = {(24, -148, 128): np.float32, (53, -1073, 1024): np.float64}
+
+
+def native_dtype(fmt, mode, accumulate="sequential"):
+    """numpy dtype whose IEEE arithmetic *is* this (format, mode) (one rounding per operation,
+    round to nearest even, gradual underflow, overflow to inf), or None."""
+    if mode is not Rounding.NEAREST or accumulate != "sequential":
+        return None
+    if not (fmt.bounded and fmt.subnormal and fmt.has_inf and fmt.has_nan and not fmt.saturate):
+        return None
+    return _NATIVE.get((fmt.p, fmt.emin, fmt.emax))
+
+
 class FastArith:
     """Arithmetic of one (format, mode, accumulation rule) on float64 arrays."""
 
     def __init__(self, fmt, mode, accumulate="sequential", *, use_numba=True):
         self.fmt, self.mode, self.accumulate = fmt, mode, accumulate
         self.plan = get_plan(fmt, mode)
+        self.native = native_dtype(fmt, mode, accumulate)
         self.nb = self._nb_params() if (use_numba and _nb is not None) else None
-        self.kernel_stats = {"numba": 0, "numpy": 0, "flagged_planes": 0}
+        self.native_nb = self.native is not None and use_numba and _nb_native is not None
+        self.kernel_stats = {"numba": 0, "numpy": 0, "flagged_planes": 0, "native": 0}
 
     # ------------------------------------------------------------------ element-wise
+    def _nat(self, op, *args):
+        """One IEEE operation in the native dtype (the operands are values of the format, so
+        the casts are exact; the result is the operation's single rounding)."""
+        dt = self.native
+        with np.errstate(all="ignore"):
+            r = op(*(np.asarray(a).astype(dt, copy=False) for a in args))
+        return np.asarray(r, _F64)
+
     def round(self, x):
+        if self.native is not None:  # one IEEE conversion: round to nearest even
+            with np.errstate(all="ignore"):
+                return np.asarray(x, _F64).astype(self.native).astype(_F64, copy=False)
         return fastfp.round_to(np.asarray(x, _F64), self.fmt, self.mode)
 
     def add(self, a, b):
+        if self.native is not None:
+            return self._nat(np.add, a, b)
         return fastfp.add(a, b, self.fmt, self.mode, assume_in_format=True)
 
     def sub(self, a, b):
+        if self.native is not None:
+            return self._nat(np.subtract, a, b)
         return fastfp.sub(a, b, self.fmt, self.mode, assume_in_format=True)
 
     def mul(self, a, b):
+        if self.native is not None:
+            return self._nat(np.multiply, a, b)
         return fastfp.mul(a, b, self.fmt, self.mode, assume_in_format=True)
 
     def div(self, a, b):
+        if self.native is not None:
+            return self._nat(np.divide, a, b)
         return fastfp.div(a, b, self.fmt, self.mode, assume_in_format=True)
 
     def sqrt(self, a):
+        if self.native is not None:
+            return self._nat(np.sqrt, a)
         return fastfp.sqrt(a, self.fmt, self.mode, assume_in_format=True)
+
+    def affine4(self, x, m, d, k, c):
+        """((x - m) / d) * k + c, left to right, one rounding per step (BatchNormalization)."""
+        if self.native is not None:  # in place in the native dtype: no conversion per step
+            dt = self.native
+            with np.errstate(all="ignore"):
+                y = np.asarray(x).astype(dt)
+                y -= np.asarray(m).astype(dt)
+                y /= np.asarray(d).astype(dt)
+                y *= np.asarray(k).astype(dt)
+                y += np.asarray(c).astype(dt)
+            return y.astype(_F64, copy=False)
+        x = np.asarray(x, _F64)
+        if (x.ndim >= 2 and self.nb is not None and _nb_simd is not None and self.nb[1][5] < 0
+                and self.plan.div_rn and all(np.size(a) == x.shape[1] for a in (m, d, k, c))
+                and bool((np.isfinite(d) & (d != 0)).all())):  # x/0 and 0/0: general path
+            ints, flts, _ = self.nb  # the check-free round-to-nearest format of _nb_simd
+            xc = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+            out = np.empty_like(xc)
+            pc = [np.ascontiguousarray(a, _F64).reshape(-1) for a in (m, d, k, c)]
+            with np.errstate(all="ignore"):
+                _nb_simd.affine4(xc, *pc, out, ints[0], ints[1], *flts[:5])
+            return out.reshape(x.shape)
+        return self.add(self.mul(self.div(self.sub(x, m), d), k), c)
 
     # ------------------------------------------------------------------ numba parameters
     def _nb_params(self):
@@ -128,15 +206,26 @@ class FastArith:
                 return False
         return True
 
-    def warmup(self) -> None:
-        """Load (or compile, first time only: cached on disk) the numba kernels now."""
-        if self.nb is None:
+    def warmup(self, progress=None) -> None:
+        """Load (or compile, first time only: cached on disk) the numba kernels now.
+        ``progress(done, total)`` is called after each kernel (the caller may report it; the
+        backend never prints)."""
+        if self.nb is None and not self.native_nb:
             return
         x = np.zeros((1, 8, 2, 2))
-        self.conv2d(x, np.zeros((8, 8, 1, 1)), np.zeros(8), (1, 1), (0, 0, 0, 0), (1, 1), 1)
-        self.conv2d(x, np.zeros((8, 1, 1, 1)), np.zeros(8), (1, 1), (0, 0, 0, 0), (1, 1), 8)
-        self.gemm(np.zeros((1, 2)), np.zeros((2, 2)), np.zeros(2))
-        self.kernel_stats.update(numba=0, numpy=0, flagged_planes=0)
+        z = np.zeros(8)
+        steps = [
+            lambda: self.conv2d(x, np.zeros((8, 8, 1, 1)), z, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+            lambda: self.conv2d(x, np.zeros((8, 1, 1, 1)), z, (1, 1), (0, 0, 0, 0), (1, 1), 8),
+            lambda: self.conv2d(x, np.zeros((8, 8, 3, 3)), z, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+            lambda: self.gemm(np.zeros((1, 2)), np.zeros((2, 2)), np.zeros(2)),
+            lambda: self.affine4(x, *(z.reshape(1, 8, 1, 1),) * 4),
+        ]
+        for i, step in enumerate(steps):
+            step()
+            if progress is not None:
+                progress(i + 1, len(steps))
+        self.kernel_stats.update(numba=0, numpy=0, flagged_planes=0, native=0)
 
     # ------------------------------------------------------------------ conv
     def conv2d(self, x, w, b, strides, pads, dilations, group):
@@ -148,6 +237,8 @@ class FastArith:
         pt, pl, pb, pr = pads
         OH = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
         OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
+        if self._lanes_ok(strides, w):
+            return self._conv_lanes(x, w, b, sh, pads, dilations, group, OH, OW)
         out = np.empty((N, OC, OH, OW), _F64)
         bias = np.zeros(0, _F64) if b is None else np.ascontiguousarray(b, _F64)
         if self._nb_ok(x, w, b):
@@ -184,6 +275,48 @@ class FastArith:
                                          None if b is None else b[oc])
                     out[n, oc] = r.reshape(OH, OW)
         return out
+
+    def _conv_lanes(self, x, w, b, s, pads, dilations, group, OH, OW):
+        """Conv by the lane kernels (``_nb_native`` for the machine's formats, ``_nb_simd``
+        for the check-free round-to-nearest ones): the zero-padded input split into the
+        stride's phases, so that each tap is a contiguous run of output lanes."""
+        dt = self.native or _F64
+        N, C, H, W = x.shape
+        _, _, KH, KW = w.shape
+        dh, dw = dilations
+        pt, pl = pads[0], pads[1]
+        Hq = OH + (KH - 1) * dh // s + 1  # one spare row: dropped lanes read inside
+        Wq = OW + (KW - 1) * dw // s
+        xp = np.zeros((N, C, Hq * s, Wq * s), dt)
+        h, wd = max(0, min(H, Hq * s - pt)), max(0, min(W, Wq * s - pl))
+        xp[:, :, pt:pt + h, pl:pl + wd] = x[:, :, :h, :wd]
+        if s > 1:
+            xp = xp.reshape(N, C, Hq, s, Wq, s).transpose(0, 1, 3, 5, 2, 4)
+        xp = np.ascontiguousarray(xp).reshape(N, C, -1)
+        offs = np.array([(((ky * dh) % s * s + (kx * dw) % s) * Hq + (ky * dh) // s) * Wq
+                         + (kx * dw) // s for ky in range(KH) for kx in range(KW)], np.int64)
+        out = np.empty((N, w.shape[0], OH, OW), dt)
+        bias = np.zeros(0, dt) if b is None else np.ascontiguousarray(b, dt)
+        wc = np.ascontiguousarray(w, dt)
+        if self.native is not None:
+            self.kernel_stats["native"] += 1
+            _nb_native.conv2d(xp, Wq, offs, wc, out, bias, group)
+            return out.astype(_F64, copy=False)
+        ints, flts, _ = self.nb
+        self.kernel_stats["numba"] += 1
+        _nb_simd.conv2d(xp, Wq, offs, wc, out, bias, group, ints[0], ints[1], *flts[:5])
+        return out
+
+    def _lanes_ok(self, strides, w):
+        """The lane kernels apply: native format, or the check-free round-to-nearest loop of
+        ``_nb`` (low marker -1: nearest, no zone checks, finite max, exact products; that
+        implies gradual underflow), sequential accumulation; one stride; finite weights."""
+        if strides[0] != strides[1]:
+            return False
+        if self.native_nb:
+            return bool(np.isfinite(w).all())
+        return (self.nb is not None and _nb_simd is not None and self.nb[1][5] < 0
+                and self.accumulate == "sequential" and bool(np.isfinite(w).all()))
 
     def conv_transpose2d(self, x, w, b, strides, dilations, begin, out_hw, group):
         """ConvTranspose in gather form (see ``_nb.conv_transpose2d``): x [N,C,H,W],
@@ -253,6 +386,14 @@ class FastArith:
         N = b.shape[1]
         B = None if bias is None else np.ascontiguousarray(
             np.broadcast_to(np.asarray(bias, _F64), (M, N)))
+        if self.native_nb:
+            dt = self.native
+            out = np.empty((M, N), dt)
+            _nb_native.gemm(np.ascontiguousarray(a, dt), np.ascontiguousarray(b, dt), out,
+                            np.zeros((0, 0), dt) if B is None else B.astype(dt),
+                            bool(bias_first and B is not None))
+            self.kernel_stats["native"] += 1
+            return out.astype(_F64, copy=False)
         if self._nb_ok(a, b, B):
             ints, flts, _ = self.nb
             out = np.empty((M, N), _F64)

@@ -69,8 +69,8 @@ def batchnorm(E, x, scale, bias, mean, var, *, epsilon=1e-5, momentum=0.9,
     eps = E.convert(np.asarray(epsilon, _F64))
     s = A.sqrt(A.add(var, eps))  # per channel, once
     shp = (1, -1) + (1,) * (x.ndim - 2)
-    y = A.div(A.sub(x, mean.reshape(shp)), s.reshape(shp))
-    return (A.add(A.mul(y, scale.reshape(shp)), bias.reshape(shp)),)
+    return (A.affine4(x, mean.reshape(shp), s.reshape(shp), scale.reshape(shp),
+                      bias.reshape(shp)),)
 
 
 @FAST.register("InstanceNormalization")
