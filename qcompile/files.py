@@ -16,7 +16,8 @@ from pathlib import Path
 
 from qcompile.errors import QCompileError, shorten
 
-__all__ = ["atomic_write", "atomic_write_with", "check_output_path", "write_error"]
+__all__ = ["atomic_write", "atomic_write_with", "check_model_file_path", "check_output_path",
+           "write_error"]
 
 # Why a write failed, in words, with the fix (errno -> text).
 _WRITE_ERRORS = {
@@ -39,6 +40,25 @@ def write_error(path: str | os.PathLike, exc: OSError, what: str = "") -> QCompi
     where = f"{what}: " if what else ""
     why = _WRITE_ERRORS.get(exc.errno or 0, f"{exc.strerror or type(exc).__name__}; check the path")
     return QCompileError(f"{where}cannot write '{shorten(path)}': {why}")
+
+
+def check_model_file_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if a model file can be read there: it exists and is not a folder.
+    Ground floor on purpose: the command line checks its model arguments with it before it
+    imports onnx (a missing file is one line in a fraction of a second)."""
+    from qcompile.errors import ModelError
+
+    p = Path(path)
+    try:
+        exists = p.exists()
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+        raise ModelError(f"model: cannot read {shorten(p)} ({getattr(e, 'strerror', None) or e});"
+                         " check the path") from None
+    if not exists:
+        raise ModelError(f"model: {p} does not exist; check the path")
+    if p.is_dir():
+        raise ModelError(f"model: {p} is a folder; give the .onnx file inside it")
+    return p
 
 
 def check_output_path(path: str | os.PathLike, what: str = "") -> Path:

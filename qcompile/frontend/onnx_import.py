@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 
 import onnx
 from onnx import external_data_helper
 
-from qcompile.errors import ModelError, shorten
+from qcompile.errors import ModelError
+from qcompile.files import check_model_file_path
 from qcompile.frontend import opsets as _opsets
 from qcompile.frontend.opsets import NATIVE_MAX as MAX_OPSET
 from qcompile.frontend.opsets import NATIVE_MIN as MIN_OPSET
@@ -62,16 +62,7 @@ def _default_warn(message: str) -> None:
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX file with its external data, refusing data paths that leave its folder."""
-    p = Path(path)
-    try:
-        exists = p.exists()
-    except (OSError, ValueError) as e:  # a name too long, a NUL byte
-        raise ModelError(f"model: cannot read {shorten(p)} ({getattr(e, 'strerror', None) or e});"
-                         " check the path") from None
-    if not exists:
-        raise ModelError(f"model: {p} does not exist; check the path")
-    if p.is_dir():
-        raise ModelError(f"model: {p} is a folder; give the .onnx file inside it")
+    p = check_model_file_path(path)  # exists, not a folder (files.py: the one rule)
     check_model_file(p)
     try:
         model = onnx.load(str(p), load_external_data=False)
