@@ -203,13 +203,37 @@ class Bar:
         self._p.stop()
 
 
-def progress(total: int, desc: str, unit: str | None = None) -> Bar:
-    """A bar; with ``unit`` (e.g. "images") it also shows done/total, unit/s and the ETA."""
-    return Bar(total, desc, unit)
+class _NoBar:
+    """What :func:`progress` returns when no bar is shown (not a terminal)."""
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
-def images_progress(total: int, desc: str) -> Bar:
-    return Bar(total, desc, "images")
+def show_progress() -> bool:
+    """Bars are drawn on a terminal only (stderr is a TTY), so captured output (tests, pipes,
+    --json into a file) never holds one; QCOMPILE_PROGRESS=1 forces them, =0 turns them off."""
+    import os
+    import sys
+
+    env = os.environ.get("QCOMPILE_PROGRESS")
+    if env is not None:
+        return env not in ("", "0")
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def progress(total: int, desc: str, unit: str | None = None) -> Bar | _NoBar:
+    """A bar on stderr (:func:`show_progress`); with ``unit`` (e.g. "images") it also shows
+    done/total, unit/s and the ETA. Drivers get this as their ``progress`` callback and call
+    ``update`` every batch (:func:`qcompile.driver.progress.track`)."""
+    return Bar(total, desc, unit) if show_progress() else _NoBar()
+
+
+def images_progress(total: int, desc: str) -> Bar | _NoBar:
+    return progress(total, desc, "images")
 
 
 def _rate_columns(unit: str) -> tuple:

@@ -87,7 +87,7 @@ def emulate(
                         size=size, passes=passes, engine=engine, verify=verify, dump=dump,
                         labels=labels, batch=batch, log=lambda m: typer.echo(m, err=True),
                         calib=calib, preset=preset, cluster=cluster,
-                        progress=images_progress if cluster else None)
+                        progress=images_progress)  # a bar on a terminal only
     bad = rep.get("verify", {}).get("mismatches", 0)
     if as_json:
         _echo_json(rep)

@@ -55,7 +55,7 @@ def eval_cmd(
         check_html_path(html)  # before the evaluation
     rep = evaluate_model(model, data, preprocess=preprocess, limit=limit, batch=batch, seed=seed,
                          latency=latency, device=device, threads=threads, cluster=cluster,
-                         progress=images_progress if cluster else None,
+                         progress=images_progress,  # a bar on a terminal only
                          log=lambda m: typer.echo(m, err=True))
     if html is not None:
         from qcompile.driver.html_report import eval_page, model_graph, write_page
@@ -109,7 +109,8 @@ def compare(
     from qcompile.driver.evaluate import compare_models
 
     rep = compare_models(a, b, data, preprocess=preprocess, limit=limit, batch=batch, seed=seed,
-                         device=device, log=lambda m: typer.echo(m, err=True))
+                         device=device, log=lambda m: typer.echo(m, err=True),
+                         progress=images_progress)
     if as_json:
         _echo_json(rep)
         return

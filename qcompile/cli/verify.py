@@ -96,7 +96,7 @@ def verify_cmd(
                        opt_level=opt_level, device=device, engine=engine, threads=threads,
                        dump=dump, reference=reference, float_model=float_model, isolate=isolate,
                        log=lambda m: typer.echo(m, err=True), cluster=cluster,
-                       progress=images_progress if cluster else None)
+                       progress=images_progress)  # a bar on a terminal only
     rep = res.reference_report
     if rep is not None and report:
         (rep.save_json if report.endswith(".json") else rep.save_markdown)(report)

@@ -22,6 +22,7 @@ from qcompile.backends.mpfr.listeners import DumpListener, LayerStats, Verifier
 from qcompile.data.calibration import calibration_indices
 from qcompile.driver.context import canonical, open_data, pass_context
 from qcompile.driver.defaults import choose_preprocess, graph_facts, limited
+from qcompile.driver.progress import track
 from qcompile.errors import QCompileError
 from qcompile.passes._feeds import input_spec, model_data
 
@@ -145,8 +146,10 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
                "engine": engine, "kw": kw, "data": data, "pre": pre, "batch": batch}
         todo = cluster_batches(cluster, job, ds, batch, lim, eval_idx, stats, log, progress)
     else:
-        todo = _local_batches(interp, sess, ds, batch, lim, eval_idx, dumper, in_name,
-                              in_dtype, out_name)
+        todo = track(_local_batches(interp, sess, ds, batch, lim, eval_idx, dumper, in_name,
+                                    in_dtype, out_name),
+                     None if eval_idx is None else len(eval_idx), f"emulate {cfg.name}",
+                     progress, size=lambda t: len(t[0].indices))
     kernels = None
     for bt, out, ref, secs, secs32, ks in todo:
         seconds += secs

@@ -31,6 +31,7 @@ from qcompile.data.calibration import calibration_indices
 from qcompile.data.model_input import ModelInput, run_batched
 from qcompile.driver.context import open_data
 from qcompile.driver.defaults import SOURCE_KEY, choose_preprocess, limited, runner_facts
+from qcompile.driver.progress import track
 from qcompile.errors import QCompileError
 from qcompile.numerics.error import sqnr_from_sums
 
@@ -103,7 +104,8 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str | None = 
     first: np.ndarray | None = None
     t0 = time.perf_counter()
     todo = ((b.x[:8], b.labels, _check_logits(predict(b.x), model))
-            for b in ds.batches(batch, indices=idx))
+            for b in track(ds.batches(batch, indices=idx), len(idx),
+                           f"eval {Path(model).name}", None if cluster else progress))
     if cluster:
         todo = _cluster_logits(cluster, model, data, opened, ds, batch, idx, device, threads,
                                log, progress)
@@ -136,7 +138,7 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str | None = 
         if source and Path(source).is_file():
             base = evaluate_model(source, raw_ds, limit=None, batch=batch, latency=False,
                                   device=device, threads=threads, indices=idx, baseline=False,
-                                  log=log)
+                                  log=log, progress=progress)
             report["fp32_baseline"] = {"model": source, "top1": base["top1"],
                                        "top5": base["top5"]}
         else:
@@ -152,8 +154,8 @@ def evaluate_model(model: str, data: str | Dataset, *, preprocess: str | None = 
 
 def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str | None = None,
                    limit: int | None = None, batch: int = 64, device: str = "cpu",
-                   threads: int = 0, seed: int = 0, log: Callable[[str], None] = lambda m: None
-                   ) -> dict[str, Any]:
+                   threads: int = 0, seed: int = 0, log: Callable[[str], None] = lambda m: None,
+                   progress: Callable | None = None) -> dict[str, Any]:
     """Top-1 agreement, accuracy delta and logit SQNR of B against A on the same images."""
     ra = ModelRunner(a, device=device, threads=threads)
     rb = ModelRunner(b, device=device, threads=threads)
@@ -172,7 +174,7 @@ def compare_models(a: str, b: str, data: str | Dataset, *, preprocess: str | Non
     ds = ds_a
     agree = ca = cb = n = 0
     sig = noise = 0.0
-    for bt in ds.batches(batch, indices=idx):
+    for bt in track(ds.batches(batch, indices=idx), len(idx), "compare", progress):
         la = _check_logits(pred_a(bt.x), a).astype(np.float64)
         lb = _check_logits(pred_b(bt.x), b).astype(np.float64)
         if la.shape != lb.shape:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from qcompile.driver.progress import track
 from qcompile.driver.verify.causes import Causes, explain
 from qcompile.driver.verify.compare import (
     EXAMPLES,
@@ -83,7 +84,8 @@ def verify_model(qmodel: str, data, *, preprocess: str = "none", limit: int | No
             device=device, engine=engine, threads=threads, isolate=isolate,
             preprocess=preprocess, limit=limit), data, ds, idx, batch, log, progress)
         n = int(idx.size)
-    for b in ds.batches(batch, indices=idx) if not cluster else ():
+    for b in track(ds.batches(batch, indices=idx), len(idx), "verify", progress) \
+            if not cluster else ():
         vs.check_input(b.x)
         ta = time.perf_counter()
         ort = vs.runner.run(b.x)
