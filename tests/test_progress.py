@@ -50,9 +50,10 @@ def files(tmp_path_factory):
 
 
 def _one_full_bar(rec: Recorder, images: int, batch: int, desc: str) -> None:
-    assert len(rec.bars) >= 1
-    bar = rec.bars[0]
-    assert bar["desc"].startswith(desc) and bar["total"] == images and bar["closed"]
+    bars = [b for b in rec.bars if b["desc"].startswith(desc)]  # (a kernel bar may come first)
+    assert len(bars) == 1
+    bar = bars[0]
+    assert bar["total"] == images and bar["closed"]
     assert sum(bar["updates"]) == images
     assert len(bar["updates"]) == -(-images // batch)  # one update per batch
 
@@ -105,3 +106,28 @@ def test_no_bar_in_captured_output(files, monkeypatch):
     bar = images_progress(10, "x")
     bar.update(3)
     bar.close()
+
+
+class _SlowKernels:
+    """An arithmetic whose kernel warm-up takes over the 1 s announcement delay."""
+
+    def warmup(self, progress) -> None:
+        import time
+
+        time.sleep(1.3)
+        for i in range(3):
+            progress(i + 1, 3)
+
+
+def test_kernel_compilation_is_announced_with_a_bar():
+    from qcompile.driver.emulate import warm_kernels
+
+    lines: list[str] = []
+    rec = Recorder()
+    warm_kernels(_SlowKernels(), lines.append, rec)
+    assert lines == ["compiling kernels (first run only) ..."]
+    assert rec.bars[0]["desc"].startswith("compiling kernels") and rec.bars[0]["total"] == 3
+    assert sum(rec.bars[0]["updates"]) == 3 and rec.bars[0]["closed"]
+    lines.clear()
+    warm_kernels(_SlowKernels(), lines.append)  # no bar: one log line per kernel
+    assert lines[0].startswith("compiling kernels (first") and len(lines) == 4

@@ -120,7 +120,7 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
         listeners.append(dumper)
     kw = {"use_numba": use_numba} if engine == "fast" else {}
     t1 = time.perf_counter()
-    interp = None if cluster else _interpreter(graph, cfg, engine, listeners, kw, log)
+    interp = None if cluster else _interpreter(graph, cfg, engine, listeners, kw, log, progress)
     compile_s = time.perf_counter() - t1
     in_name = graph.inputs[0].name
     in_dtype = input_spec(float_graph.inputs[0]).dtype
@@ -202,18 +202,20 @@ def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str |
 
 
 def _interpreter(graph, cfg: EmuConfig, engine: str, listeners: list, kw: dict,
-                 log: Callable[[str], None] = lambda m: None) -> Interpreter:
+                 log: Callable[[str], None] = lambda m: None,
+                 progress: Callable | None = None) -> Interpreter:
     """The emulator, prepared and (fast engine) with its kernels compiled."""
     interp = Interpreter(graph, cfg, engine, listeners=listeners, **kw)
     interp.prepare()
     if engine == "fast":
-        warm_kernels(interp.engine.A, log)
+        warm_kernels(interp.engine.A, log, progress)
     return interp
 
 
-def warm_kernels(arith, log: Callable[[str], None]) -> None:
+def warm_kernels(arith, log: Callable[[str], None], progress: Callable | None = None) -> None:
     """Compile or load the numba kernels; when that takes over a second (the first run, before
-    numba's disk cache exists) say so, with progress, instead of staying silent."""
+    numba's disk cache exists) say so, with progress (a ``progress(total=, desc=)`` bar when
+    given, else one log line per kernel), instead of staying silent."""
     import threading
 
     t0 = time.perf_counter()
@@ -227,14 +229,25 @@ def warm_kernels(arith, log: Callable[[str], None]) -> None:
     timer.daemon = True
     timer.start()
 
-    def progress(done, total):
-        if said.is_set():
+    bar: list = []  # the bar, opened at the first kernel finished after the announcement
+
+    def step(done, total):
+        if not said.is_set():
+            return
+        if progress is None:
             log(f"compiling kernels: {done}/{total} ({time.perf_counter() - t0:.0f} s)")
+            return
+        if not bar:
+            bar.append(progress(total=total, desc="compiling kernels (first run only)"))
+            bar[0].update(done - 1)
+        bar[0].update(1)
 
     try:
-        arith.warmup(progress)
+        arith.warmup(step)
     finally:
         timer.cancel()
+        if bar:
+            bar[0].close()
 
 
 def op_profile(interp: Interpreter) -> dict[str, float]:
