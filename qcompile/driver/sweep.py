@@ -173,7 +173,9 @@ class FormatEvaluator:
 
         it = Interpreter(graph, make_config(format=self.arith), "fast")
         it.prepare()
-        it.engine.A.warmup()
+        from qcompile.driver.emulate import warm_kernels
+
+        warm_kernels(it.engine.A, self.log, self.progress)  # first run: announced, with a bar
         name, out = graph.inputs[0].name, graph.outputs[0].name
         bar = self.progress(total=len(self.labels), desc=desc) if self.progress else None
         parts = []

@@ -63,6 +63,10 @@ def verify_model(qmodel: str, data, *, preprocess: str = "none", limit: int | No
     t0 = time.perf_counter()
     vs = VerifySession(qmodel, opt_level=opt_level, device=device, engine=engine,
                        threads=threads)
+    if engine == "fast" and not cluster:  # the first run compiles kernels: say so, with a bar
+        from qcompile.driver.emulate import warm_kernels
+
+        warm_kernels(vs.interp.engine.A, log, progress)
     ds, idx = vs.open_data(data, preprocess, limit, log)
     rc = None
     if reference:
