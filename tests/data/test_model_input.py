@@ -63,6 +63,7 @@ def _int8(tmp_path, m, npz, logs=None, name="m"):
     src = _save(m, tmp_path / f"{name}.onnx")
     out = tmp_path / f"{name}_int8.onnx"
     compile_model(src, out, target="ort-int8", passes="fold,calibrate,quantize", calib=npz,
+                  preprocess="none",
                   log=(logs.append if logs is not None else lambda s: None))
     return src, str(out)
 
@@ -134,15 +135,15 @@ def test_fixed_batch_1_calibrates_quantises_and_runs(tmp_path, npz):
     meta = sess.get_modelmeta().custom_metadata_map
     assert json.loads(meta["qcompile.calibration"])["images"] == 13  # none dropped
     for m in (src, out):
-        rep = evaluate_model(m, npz, latency=True, exclude_calibration=False)
+        rep = evaluate_model(m, npz, preprocess="none", latency=True, exclude_calibration=False)
         assert rep["images"] == 13 and set(rep["latency_ms"]) == {"1"}
-    rep = emulate(src, make_config(format="fp32"), data=npz, limit=3)
+    rep = emulate(src, make_config(format="fp32"), data=npz, preprocess="none", limit=3)
     assert rep["images"] == 3 and rep["accuracy"]["top1_agreement"] == 1.0
 
 
 def test_fixed_batch_4_pads_only_for_the_run(tmp_path, npz):
     _, out = _int8(tmp_path, zoo.conv_bn_relu(batch=4), npz)  # 13 = 4+4+4+1
-    rep = evaluate_model(out, npz, latency=False, exclude_calibration=False)
+    rep = evaluate_model(out, npz, preprocess="none", latency=False, exclude_calibration=False)
     assert rep["images"] == 13
 
 
@@ -150,28 +151,28 @@ def test_nhwc_input_calibrates_quantises_evaluates_emulates(tmp_path, npz):
     logs: list[str] = []
     src, out = _int8(tmp_path, nhwc_model(), npz, logs)
     assert any("NHWC" in s for s in logs)
-    fp = evaluate_model(src, npz, latency=False, exclude_calibration=False)
-    q = evaluate_model(out, npz, latency=False, exclude_calibration=False)
+    fp = evaluate_model(src, npz, preprocess="none", latency=False, exclude_calibration=False)
+    q = evaluate_model(out, npz, preprocess="none", latency=False, exclude_calibration=False)
     assert fp["images"] == q["images"] == 13
-    rep = emulate(src, make_config(format="fp32"), data=npz, limit=4)
+    rep = emulate(src, make_config(format="fp32"), data=npz, preprocess="none", limit=4)
     assert rep["images"] == 4 and rep["accuracy"]["top1_agreement"] == 1.0
     # same logits as the NCHW model fed the same pixels
     nchw = evaluate_model(_save(zoo.conv_bn_relu(), tmp_path / "nchw.onnx"), npz,
-                          latency=False, exclude_calibration=False)
+                          preprocess="none", latency=False, exclude_calibration=False)
     assert nchw["top1"] == fp["top1"] and nchw["per_class"] == fp["per_class"]
 
 
 def test_nhwc_fixed_batch_1(tmp_path, npz):
     src, out = _int8(tmp_path, nhwc_model(batch=1), npz)
-    assert evaluate_model(out, npz, latency=False, exclude_calibration=False)["images"] == 13
-    assert emulate(src, make_config(format="fp32"), data=npz, limit=2)["images"] == 2
+    assert evaluate_model(out, npz, preprocess="none", latency=False, exclude_calibration=False)["images"] == 13
+    assert emulate(src, make_config(format="fp32"), data=npz, preprocess="none", limit=2)["images"] == 2
 
 
 def test_uint8_input_calibrates(tmp_path, npz):
     logs: list[str] = []
     src, out = _int8(tmp_path, cast_model(TensorProto.UINT8), npz, logs)
     assert sum("raw 0..255" in s for s in logs) == 1
-    rep = evaluate_model(out, npz, latency=False, exclude_calibration=False)
+    rep = evaluate_model(out, npz, preprocess="none", latency=False, exclude_calibration=False)
     assert rep["images"] == 13
 
 
@@ -181,7 +182,7 @@ def test_float16_input_works_or_is_one_line(tmp_path, npz):
     except QCompileError as e:
         assert "\n" not in str(e)
     else:
-        assert evaluate_model(out, npz, latency=False, exclude_calibration=False)["images"] == 13
+        assert evaluate_model(out, npz, preprocess="none", latency=False, exclude_calibration=False)["images"] == 13
 
 
 def test_several_inputs_by_name_or_one_line_error(tmp_path, npz):
@@ -193,7 +194,8 @@ def test_several_inputs_by_name_or_one_line_error(tmp_path, npz):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     src = _save(m, tmp_path / "two.onnx")
     with pytest.raises(QCompileError, match="%a, %b") as e:
-        compile_model(src, tmp_path / "o.onnx", target="ort-fp32", passes="calibrate", calib=npz)
+        compile_model(src, tmp_path / "o.onnx", target="ort-fp32", passes="calibrate", calib=npz,
+                      preprocess="none")
     assert "\n" not in str(e.value)
     rng = np.random.default_rng(1)
     named = tmp_path / "named.npz"
@@ -201,5 +203,5 @@ def test_several_inputs_by_name_or_one_line_error(tmp_path, npz):
              a=rng.normal(size=(6, 3, HW, HW)).astype(np.float32),
              b=rng.normal(size=(6, 3, HW, HW)).astype(np.float32))
     rep = compile_model(src, tmp_path / "o.onnx", target="ort-fp32", passes="calibrate",
-                        calib=str(named))
+                        calib=str(named), preprocess="none")
     assert rep is not None
