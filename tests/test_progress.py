@@ -21,8 +21,8 @@ class Recorder:
     def __init__(self) -> None:
         self.bars: list[dict] = []
 
-    def __call__(self, total: int, desc: str):
-        bar = {"total": total, "desc": desc, "updates": [], "closed": False}
+    def __call__(self, total: int, desc: str, unit: str = "images"):
+        bar = {"total": total, "desc": desc, "unit": unit, "updates": [], "closed": False}
         self.bars.append(bar)
 
         class _Bar:
@@ -128,6 +128,7 @@ def test_kernel_compilation_is_announced_with_a_bar():
     assert lines == ["compiling kernels (first run only) ..."]
     assert rec.bars[0]["desc"].startswith("compiling kernels") and rec.bars[0]["total"] == 3
     assert sum(rec.bars[0]["updates"]) == 3 and rec.bars[0]["closed"]
+    assert rec.bars[0]["unit"] == "kernels"
     lines.clear()
     warm_kernels(_SlowKernels(), lines.append)  # no bar: one log line per kernel
     assert lines[0].startswith("compiling kernels (first") and len(lines) == 4

@@ -191,7 +191,7 @@ class Bar:
         from rich.console import Console
         from rich.progress import Progress
 
-        cols = () if unit is None else _rate_columns(unit)
+        cols = _rate_columns(unit or "it")  # done/total, rate and ETA on every bar
         self._p = Progress(*cols, console=Console(stderr=True), transient=True)
         self._p.start()
         self._task = self._p.add_task(desc, total=total)
@@ -232,8 +232,9 @@ def progress(total: int, desc: str, unit: str | None = None) -> Bar | _NoBar:
     return Bar(total, desc, unit) if show_progress() else _NoBar()
 
 
-def images_progress(total: int, desc: str) -> Bar | _NoBar:
-    return progress(total, desc, "images")
+def images_progress(total: int, desc: str, unit: str = "images") -> Bar | _NoBar:
+    """The bar for image loops (a driver may name another ``unit``, e.g. kernels)."""
+    return progress(total, desc, unit)
 
 
 def _rate_columns(unit: str) -> tuple:

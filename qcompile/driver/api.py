@@ -6,7 +6,9 @@ verifier), ``qcompile.evaluate`` is ``qcompile eval``. Each calls the same drive
 with the same defaults (the preprocessing the model records or describes, the CPU-aware int8
 types of :func:`qcompile.driver.targets.configure_pipeline`, the seeded ``limit`` draw), so a
 model written here is byte-identical to the command's. Nothing is written unless ``output=``
-(or ``dump=``) is given, and nothing is printed unless ``log=`` is given (e.g. ``log=print``).
+(or ``dump=``) is given, and nothing is printed unless ``log=`` is given (e.g. ``log=print``);
+``progress=`` takes a bar factory ``progress(total=, desc=, unit="images")`` returning an object
+with ``update(n)`` and ``close()`` (``qcompile.cli.common.images_progress`` draws rich bars).
 Results are frozen dataclasses; ``to_json()`` is what the command's ``--json`` prints.
 """
 

@@ -238,7 +238,8 @@ def warm_kernels(arith, log: Callable[[str], None], progress: Callable | None = 
             log(f"compiling kernels: {done}/{total} ({time.perf_counter() - t0:.0f} s)")
             return
         if not bar:
-            bar.append(progress(total=total, desc="compiling kernels (first run only)"))
+            bar.append(progress(total=total, desc="compiling kernels (first run only)",
+                                unit="kernels"))
             bar[0].update(done - 1)
         bar[0].update(1)
 

@@ -2,8 +2,9 @@
 
 The library is silent: a driver gets ``progress`` from its caller (the CLI passes
 :func:`qcompile.cli.common.images_progress`) and wraps its batch iterator in :func:`track`.
-``progress(total=N, desc=TEXT)`` returns a bar with ``update(n)`` and ``close()``; ``None``
-means no progress at all. A bar advances by the images of each finished batch, so its rate is
+``progress(total=N, desc=TEXT)`` returns a bar with ``update(n)`` and ``close()`` (a driver
+counting something other than images passes ``unit=``, e.g. the kernel bar); ``None`` means no
+progress at all. A bar advances by the images of each finished batch, so its rate is
 images/s and its ETA is (N - done) / rate.
 """
 
