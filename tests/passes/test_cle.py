@@ -138,3 +138,21 @@ def test_clip_scale_on_lite0(shared_data):
     ds = open_dataset(shared_data / "imagenet_samples_120.npz", preset("lite0"))
     feeds = {"input": next(ds.batches(4)).x}
     assert _max_rel(model, lower(g), feeds) < 1e-4
+
+
+def test_clip_scale_still_fuses_on_ort(tmp_path):
+    """Relu -> Min after a quantised Conv: ORT still forms QLinearConv (Relu fused), and only
+    the per-channel Min runs in float."""
+    import collections
+
+    m = zoo.depthwise_block()
+    feeds = [zoo.random_input(m, batch=8, seed=i)["input"] for i in range(2)]
+    g = run_pipeline(lift(m), parse_pipeline("fold,cle{clip=scale},calibrate,"
+                                             "quantize{per_channel=false}"),
+                     PassContext(calib_data=feeds, executor=OrtExecutor())).graph
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(lower(g).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] == 2 and ops["Min"] == 2
+    assert "Conv" not in ops and "Relu" not in ops
