@@ -32,9 +32,15 @@ def test_presets_parse_and_keep_their_options_under_the_int8_target(name):
 def test_cli_lists_presets_and_rejects_unknown_or_both(tmp_path):
     r = CliRunner().invoke(app, ["passes", "--presets", "--json"])
     assert r.exit_code == 0 and json.loads(r.output) == PRESETS
-    r = CliRunner().invoke(app, ["run", "m.onnx", "--preset", "w4a9", "-o", str(tmp_path / "o")])
+    import onnx
+
+    from qcompile.testing import zoo
+
+    m = str(tmp_path / "m.onnx")  # a real model: a missing file is refused before the options
+    onnx.save(zoo.mini_resnet(), m)
+    r = CliRunner().invoke(app, ["run", m, "--preset", "w4a9", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "unknown preset 'w4a9'" in r.output
-    r = CliRunner().invoke(app, ["run", "m.onnx", "--preset", "w4a8", "-p", "fold",
+    r = CliRunner().invoke(app, ["run", m, "--preset", "w4a8", "-p", "fold",
                                  "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--preset and --passes" in r.output
     assert preset_pipeline("w8a8") == PRESETS["w8a8"]
