@@ -212,7 +212,9 @@ def plot(rows: list[dict], path: Path) -> bool:
 TP_FORMATS = [("fp32", dict(format="fp32")), ("bf16", dict(format="bf16")),
               ("fp16", dict(format="fp16")), ("b15e4", dict(format="b15e4")),
               ("b15e4 up", dict(format="b15e4", rounding="up")),
+              ("b15e4 down", dict(format="b15e4", rounding="down")),
               ("b15e4 zero", dict(format="b15e4", rounding="zero")),
+              ("b15e4 away", dict(format="b15e4", rounding="away")),
               ("p=11 subnormal=off", dict(format="p=11,emin=-14,emax=16,subnormal=off")),
               ("e4m3", dict(format="e4m3")), ("qresnet compat", dict(compat="qresnet"))]
 

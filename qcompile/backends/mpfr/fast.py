@@ -34,6 +34,7 @@ import math
 import numpy as np
 
 from qcompile.backends.mpfr import common as _cm
+from qcompile.backends.mpfr import fast_lanes
 from qcompile.numerics import fastfp
 from qcompile.numerics._fastfp_core import get_plan
 from qcompile.numerics.formats import Rounding
@@ -45,20 +46,20 @@ def _load_kernels():
     cache dir; when neither is writable numba refuses to decorate, and the kernels compile
     into a private temporary cache instead (first-run compile on every run, nothing lost)."""
     try:
-        from qcompile.backends.mpfr import _nb, _nb_native, _nb_simd
+        from qcompile.backends.mpfr import _nb, _nb_lanes, _nb_native, _nb_simd
     except ImportError:  # pragma: no cover - exercised only where numba is not installed
-        return None, None, None
+        return None, None, None, None
     except RuntimeError:  # "cannot cache function ...: no locator available"
         import tempfile
 
         import numba
 
         numba.config.CACHE_DIR = tempfile.mkdtemp(prefix="qcompile-numba-")
-        from qcompile.backends.mpfr import _nb, _nb_native, _nb_simd
-    return _nb, _nb_native, _nb_simd
+        from qcompile.backends.mpfr import _nb, _nb_lanes, _nb_native, _nb_simd
+    return _nb, _nb_native, _nb_simd, _nb_lanes
 
 
-_nb, _nb_native, _nb_simd = _load_kernels()
+_nb, _nb_native, _nb_simd, _nb_lanes = _load_kernels()
 
 _F64 = np.float64
 _SAFE_LO = math.ldexp(1.0, -480)
@@ -95,7 +96,12 @@ class FastArith:
         self.native = native_dtype(fmt, mode, accumulate)
         self.nb = self._nb_params() if (use_numba and _nb is not None) else None
         self.native_nb = self.native is not None and use_numba and _nb_native is not None
-        self.kernel_stats = {"numba": 0, "numpy": 0, "flagged_planes": 0, "native": 0}
+        self.gen = None  # the any-mode lane kernels of _nb_lanes (sequential accumulation)
+        if self.nb is not None and _nb_lanes is not None and accumulate == "sequential":
+            f = self.nb[1]
+            self.gen = fast_lanes.general_params(fmt, mode, self.plan, f[1:3], f[3:5])
+        self.kernel_stats = {"numba": 0, "numpy": 0, "flagged_planes": 0, "native": 0,
+                             "lanes": 0}
 
     # ------------------------------------------------------------------ element-wise
     def _nat(self, op, *args):
@@ -225,7 +231,7 @@ class FastArith:
             step()
             if progress is not None:
                 progress(i + 1, len(steps))
-        self.kernel_stats.update(numba=0, numpy=0, flagged_planes=0, native=0)
+        self.kernel_stats.update(numba=0, numpy=0, flagged_planes=0, native=0, lanes=0)
 
     # ------------------------------------------------------------------ conv
     def conv2d(self, x, w, b, strides, pads, dilations, group):
@@ -239,6 +245,12 @@ class FastArith:
         OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
         if self._lanes_ok(strides, w):
             return self._conv_lanes(x, w, b, sh, pads, dilations, group, OH, OW)
+        if (self.gen is not None and sh == sw and bool(np.isfinite(w).all())
+                and self._nb_ok(x, w, b)):
+            self.kernel_stats["numba"] += 1
+            self.kernel_stats["lanes"] += 1
+            return fast_lanes.conv_general(_nb_lanes, self.gen, x, w, b, sh, pads, dilations,
+                                           group, OH, OW)
         out = np.empty((N, OC, OH, OW), _F64)
         bias = np.zeros(0, _F64) if b is None else np.ascontiguousarray(b, _F64)
         if self._nb_ok(x, w, b):
@@ -281,20 +293,9 @@ class FastArith:
         for the check-free round-to-nearest ones): the zero-padded input split into the
         stride's phases, so that each tap is a contiguous run of output lanes."""
         dt = self.native or _F64
-        N, C, H, W = x.shape
         _, _, KH, KW = w.shape
-        dh, dw = dilations
-        pt, pl = pads[0], pads[1]
-        Hq = OH + (KH - 1) * dh // s + 1  # one spare row: dropped lanes read inside
-        Wq = OW + (KW - 1) * dw // s
-        xp = np.zeros((N, C, Hq * s, Wq * s), dt)
-        h, wd = max(0, min(H, Hq * s - pt)), max(0, min(W, Wq * s - pl))
-        xp[:, :, pt:pt + h, pl:pl + wd] = x[:, :, :h, :wd]
-        if s > 1:
-            xp = xp.reshape(N, C, Hq, s, Wq, s).transpose(0, 1, 3, 5, 2, 4)
-        xp = np.ascontiguousarray(xp).reshape(N, C, -1)
-        offs = np.array([(((ky * dh) % s * s + (kx * dw) % s) * Hq + (ky * dh) // s) * Wq
-                         + (kx * dw) // s for ky in range(KH) for kx in range(KW)], np.int64)
+        xp, Wq, offs = fast_lanes.phase_planes(x, KH, KW, s, pads, dilations, OH, OW, dt)
+        N = x.shape[0]
         out = np.empty((N, w.shape[0], OH, OW), dt)
         bias = np.zeros(0, dt) if b is None else np.ascontiguousarray(b, dt)
         wc = np.ascontiguousarray(w, dt)

@@ -1,0 +1,94 @@
+"""Conv on output lanes for the fast engine: the stride-phase-split zero-padded layout shared by
+the lane kernels, and the general-mode lane path (``_nb_lanes``: directed modes, subnormal=off,
+the unbounded qresnet format) with its two corrections (zero outputs at the border recomputed
+with padding skipped; flagged planes redone by the caller's general path)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from qcompile.numerics.formats import Rounding
+
+_F64 = np.float64
+# the mode codes of ``_nb_lanes``
+_MODE = {Rounding.NEAREST: 0, Rounding.ZERO: 1, Rounding.AWAY: 2, Rounding.UP: 3,
+         Rounding.DOWN: 4}
+
+
+def phase_planes(x, KH, KW, s, pads, dilations, OH, OW, dt):
+    """xp [N, C, L] (zero-padded input split into the s x s stride phases, flat per channel),
+    the lane width Wq and the taps' lane offsets [KH*KW] (see ``_nb_native``)."""
+    N, C, H, W = x.shape
+    dh, dw = dilations
+    pt, pl = pads[0], pads[1]
+    Hq = OH + (KH - 1) * dh // s + 1  # one spare row: dropped lanes read inside
+    Wq = OW + (KW - 1) * dw // s
+    xp = np.zeros((N, C, Hq * s, Wq * s), dt)
+    h, wd = max(0, min(H, Hq * s - pt)), max(0, min(W, Wq * s - pl))
+    xp[:, :, pt:pt + h, pl:pl + wd] = x[:, :, :h, :wd]
+    if s > 1:
+        xp = xp.reshape(N, C, Hq, s, Wq, s).transpose(0, 1, 3, 5, 2, 4)
+    xp = np.ascontiguousarray(xp).reshape(N, C, -1)
+    offs = np.array([(((ky * dh) % s * s + (kx * dw) % s) * Hq + (ky * dh) // s) * Wq
+                     + (kx * dw) // s for ky in range(KH) for kx in range(KW)], np.int64)
+    return xp, Wq, offs
+
+
+def general_params(fmt, mode, plan, ovf, exi):
+    """(ints, floats) of ``_nb_lanes`` for (format, mode), or None where it does not apply:
+    p <= 26 and the products exact (bounded) or range-checked by the caller (unbounded, with
+    infinities); subnormal=off only with its underflow zone far above binary64's subnormals.
+    ``ovf``/``exi``: the overflow and exact-infinity values (+, -) of ``_nb_params``."""
+    if fmt.p > 26:
+        return None
+    qmin = int(plan.qmin_bits)
+    mn, thr = 0.0, (math.inf, math.inf)
+    odd = not (plan.add_rn or plan.add_exact)
+    if not fmt.bounded:  # operands range-checked by the caller (see _nb_lanes)
+        if not fmt.has_inf or not odd:
+            return None
+        kind = 1
+    else:
+        if not plan.prod_exact or plan.low_ref > 0 or plan.maxf is None:
+            return None
+        kind = int(odd)
+        if not fmt.subnormal:
+            if fmt.emin - 1 - fmt.p < -1000:
+                return None
+            kind += 2
+            qmin = 1 << 52  # binary64's least normal quantum: round at the unbounded exponent
+            mn = plan.low_uf
+            thr = {Rounding.NEAREST: (mn / 2, mn / 2), Rounding.ZERO: (math.inf, math.inf),
+                   Rounding.AWAY: (-1.0, -1.0), Rounding.UP: (-1.0, math.inf),
+                   Rounding.DOWN: (math.inf, -1.0)}[mode]
+    maxf = plan.maxf if plan.maxf is not None else math.inf
+    ints = np.array([int(plan.pm), qmin, _MODE[mode], kind], np.int64)
+    flts = np.array([maxf, ovf[0], ovf[1], exi[0], exi[1], mn, thr[0], thr[1]], _F64)
+    return ints, flts
+
+
+def conv_general(nbl, params, x, w, b, s, pads, dilations, group, OH, OW):
+    """Conv by ``_nb_lanes`` (x, w, b float64 values of the format; equal strides s, finite
+    weights; operands range-checked for unbounded formats)."""
+    ints, flts = params
+    N, C, H, W = x.shape
+    OC, _, KH, KW = w.shape
+    xp, Wq, offs = phase_planes(x, KH, KW, s, pads, dilations, OH, OW, _F64)
+    out = np.empty((N, OC, OH, OW), _F64)
+    bias = np.zeros(0, _F64) if b is None else np.ascontiguousarray(b, _F64)
+    wc = np.ascontiguousarray(w, _F64)
+    nbl.conv2d(xp, Wq, offs, wc, out, bias, group, ints, flts)
+    dh, dw = dilations
+    pt, pl = pads[0], pads[1]
+    oy, ox = np.arange(OH) * s - pt, np.arange(OW) * s - pl
+    rows = (oy < 0) | (oy + (KH - 1) * dh >= H)
+    cols = (ox < 0) | (ox + (KW - 1) * dw >= W)
+    border = rows[:, None] | cols[None, :]
+    if border.any():
+        pts = np.argwhere((out == 0.0) & border)
+        if pts.size:
+            nbl.points(np.ascontiguousarray(x, _F64), wc, bias, pts.astype(np.int64), out, s, s,
+                       pt, pl, dh, dw, group, ints, flts)
+    return out
