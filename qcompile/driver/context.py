@@ -41,8 +41,12 @@ class FixedBatchExecutor:
 
         batch = input_spec(graph.inputs[0]).batch if graph.inputs else None
         outputs = list(outputs)
-        arrays = run_batched(lambda f: [self.inner.run(graph, f, outputs)[v] for v in outputs],
-                             feeds, batch)
+
+        def once(f):  # one executor run per chunk of rows, all requested outputs together
+            res = self.inner.run(graph, f, outputs)
+            return [res[v] for v in outputs]
+
+        arrays = run_batched(once, feeds, batch)
         return dict(zip(outputs, arrays, strict=True))
 
     def __getattr__(self, name: str) -> Any:
