@@ -42,6 +42,16 @@ def write_error(path: str | os.PathLike, exc: OSError, what: str = "") -> QCompi
     return QCompileError(f"{where}cannot write '{shorten(path)}': {why}")
 
 
+def path_exists(p: Path, error: type[QCompileError], what: str) -> bool:
+    """``p.exists()``, with a path that cannot even be asked about (a name too long, a NUL
+    byte) as one ``error`` line naming ``what`` (e.g. ``"model"``, ``"data"``)."""
+    try:
+        return p.exists()
+    except (OSError, ValueError) as e:
+        raise error(f"{what}: cannot read {shorten(p)} ({getattr(e, 'strerror', None) or e}); "
+                    "check the path") from None
+
+
 def check_model_file_path(path: str | os.PathLike) -> Path:
     """``path`` as a Path if a model file can be read there: it exists and is not a folder.
     Ground floor on purpose: the command line checks its model arguments with it before it
@@ -49,12 +59,7 @@ def check_model_file_path(path: str | os.PathLike) -> Path:
     from qcompile.errors import ModelError
 
     p = Path(path)
-    try:
-        exists = p.exists()
-    except (OSError, ValueError) as e:  # a name too long, a NUL byte
-        raise ModelError(f"model: cannot read {shorten(p)} ({getattr(e, 'strerror', None) or e});"
-                         " check the path") from None
-    if not exists:
+    if not path_exists(p, ModelError, "model"):
         raise ModelError(f"model: {p} does not exist; check the path")
     if p.is_dir():
         raise ModelError(f"model: {p} is a folder; give the .onnx file inside it")

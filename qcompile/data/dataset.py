@@ -25,6 +25,7 @@ from qcompile.data.limits import check_pixels, check_regular_file
 from qcompile.data.model_input import ModelInput
 from qcompile.data.preprocess import Preprocess, preset
 from qcompile.data.sources import ArrayReader, UnreadableImage, load_image, npz_members, scan_folder
+from qcompile.files import path_exists
 
 __all__ = ["Batch", "Dataset", "open_dataset", "calib_eval_split"]
 
@@ -262,12 +263,7 @@ def open_dataset(path: str | Path, preprocess: Preprocess | None = None, *,
     if not isinstance(pre, Preprocess):
         raise DataError(f"data: preprocess must be a Preprocess, got {type(pre).__name__}; "
                         "use qcompile.data.preset('imagenet')")
-    try:
-        exists = p.exists()
-    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
-        raise DataError(f"data: cannot read {p} ({getattr(exc, 'strerror', None) or exc}); "
-                        "check the path") from None
-    if not exists:
+    if not path_exists(p, DataError, "data"):
         raise DataError(f"data: {p} does not exist; pass a .npz, .npy, image file or image folder")
     common = dict(preprocess=pre, strict=strict, warn=warn)
     if p.is_dir():

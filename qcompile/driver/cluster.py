@@ -274,6 +274,17 @@ class Cluster:
                             f"({type(e).__name__}); no output written")
 
 
+def image_shards(idx, batch: int, ds, shared: bool) -> list[dict[str, Any]]:
+    """``idx`` cut into the local run's batches, one shard each (``indices``); when the workers
+    cannot see the data path the client reads each batch and ships it (``x``, ``labels``)."""
+    parts = [idx[i:i + batch] for i in range(0, idx.size, batch)]
+    shards: list[dict[str, Any]] = [{"indices": p} for p in parts]
+    if not shared:
+        for sh, bt in zip(shards, ds.batches(batch, indices=idx), strict=True):
+            sh.update(x=bt.x, labels=bt.labels)
+    return shards
+
+
 def open_cluster(spec: str, log: Callable[[str], None] = lambda m: None) -> Cluster:
     """``with open_cluster("local:2", log) as c: c.map_shards(...)``."""
     return Cluster(spec, log)

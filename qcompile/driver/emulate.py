@@ -297,24 +297,20 @@ def cluster_batches(spec: str, job: dict, ds, batch: int, lim: int | None, eval_
     ``stats``."""
     from types import SimpleNamespace
 
-    from qcompile.driver.cluster import job_key, open_cluster, pack
+    from qcompile.driver.cluster import image_shards, job_key, open_cluster, pack
 
     job = dict(job, graph=pack(job["graph"]), float_graph=None if job["float_graph"] is None
                else pack(job["float_graph"]))
     idx = np.arange(len(ds), dtype=np.int64) if eval_idx is None else eval_idx
     idx = idx[:lim] if lim is not None else idx
-    parts = [idx[i:i + batch] for i in range(0, idx.size, batch)]
     with open_cluster(spec, log) as c:
         shared = c.data_note(job["data"])
         job = dict(job, data=str(Path(job["data"]).resolve()) if shared else None)
         job["key"] = job_key(job["graph"], repr(sorted((k, str(v)) for k, v in job.items()
                                                        if k != "graph")))
-        shards = [{"indices": p} for p in parts]
-        if not shared:  # the client reads and ships every batch
-            for sh, bt in zip(shards, ds.batches(batch, indices=idx), strict=True):
-                sh.update(x=bt.x, labels=bt.labels)
+        shards = image_shards(idx, batch, ds, shared)
         res = c.map_shards(emulate_shard, shards, args=(c.broadcast(job),),
-                           sizes=[p.size for p in parts], progress=progress,
+                           sizes=[sh["indices"].size for sh in shards], progress=progress,
                            desc=f"emulate {job['cfg'].name} on {len(c.workers)} workers")
     for r in res:
         for row in r["layers"]:

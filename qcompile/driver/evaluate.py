@@ -202,23 +202,21 @@ def _cluster_logits(spec: str, model: str, data, opened: Dataset, ds: Dataset, b
     logits are the same bits; the model file travels once per worker."""
     from pathlib import Path
 
-    from qcompile.driver.cluster import job_key, open_cluster
+    from qcompile.driver.cluster import image_shards, job_key, open_cluster
 
     if not isinstance(data, str):
         raise QCompileError("--cluster: evaluate a data path, not an opened data set")
     body = Path(model).read_bytes()
-    parts = [idx[i:i + batch] for i in range(0, idx.size, batch)]
     with open_cluster(spec, log) as c:
         shared = c.data_note(data)
         job = {"key": job_key(body, str(Path(data).resolve()), repr(opened.preprocess)),
                "model": body, "name": Path(model).name, "device": device, "threads": threads,
                "data": str(Path(data).resolve()) if shared else None, "pre": opened.preprocess}
-        shards = [{"indices": p, "first": i == 0} for i, p in enumerate(parts)]
-        if not shared:
-            for sh, b in zip(shards, ds.batches(batch, indices=idx), strict=True):
-                sh.update(x=b.x, labels=b.labels)
+        shards = image_shards(idx, batch, ds, shared)
+        if shards:
+            shards[0]["first"] = True
         res = c.map_shards(eval_shard, shards, args=(c.broadcast(job),),
-                           sizes=[p.size for p in parts], progress=progress,
+                           sizes=[sh["indices"].size for sh in shards], progress=progress,
                            desc=f"eval on {len(c.workers)} workers")
     for r in res:
         yield r["x8"], r["labels"], _check_logits(r["logits"], model)
@@ -246,7 +244,7 @@ def eval_shard(shard: dict, job: dict) -> dict:
     else:
         b = next(iter(ds.batches(len(shard["indices"]), indices=shard["indices"])))
         x, labels = b.x, b.labels
-    return {"x8": x[:8] if shard["first"] else None, "labels": labels, "logits": predict(x)}
+    return {"x8": x[:8] if shard.get("first") else None, "labels": labels, "logits": predict(x)}
 
 
 def _check_logits(y: np.ndarray, model: str) -> np.ndarray:
