@@ -9,7 +9,9 @@ shard per batch) and a 4-format ``sweep`` (int8, bf16, e4m3, posit8_1) over ``--
 
 Targets: local:2 vs local:1 >= 1.8x; local:2 <= 1.1x the plain local run's wall time; cluster
 overhead per image <= 5% of the per-image emulation cost, estimated from local:1 as
-(wall - start-up - summed emulation and FP32 seconds) / images.  The machine is shared: ratios
+(wall - start-up - summed emulation and FP32 seconds) / images, and as the part of that the
+cluster adds (less the plain run's own time outside emulation: lift, data, engine build).
+A short untimed run first fills numba's on-disk cache, so no mode pays the compilation.  The machine is shared: ratios
 are from the same run.  Prints markdown tables; writes benchmarks/results/bench_cluster.json.
 Usage: python benchmarks/bench_cluster.py [--images 200] [--sweep-images 100]
 """
@@ -61,6 +63,7 @@ def main() -> None:
     out: dict = {"images": a.images, "sweep_images": a.sweep_images, "formats": FORMATS,
                  "emulate": {}, "sweep": {}}
     ref = {}
+    _emulate(8, None, [])  # numba's on-disk cache filled before any mode is timed
     for what, fn, n in (("emulate", _emulate, a.images), ("sweep", _sweep, a.sweep_images)):
         for mode in (None, "local:1", "local:2"):
             logs: list[str] = []
@@ -86,12 +89,19 @@ def main() -> None:
                          "yes" if v["identical"] else "NO"])
         out[what]["speedup_2_vs_1"] = round(one["wall_s"] / two["wall_s"], 3)
         out[what]["local2_over_local"] = round(two["wall_s"] / loc["wall_s"], 3)
-    e1 = out["emulate"]["local:1"]
+    e1, e0 = out["emulate"]["local:1"], out["emulate"]["local (both cores, no Dask)"]
     per_image = e1["busy_s"] / a.images
     over = (e1["wall_s"] - e1["startup_s"] - e1["busy_s"]) / a.images
+    # what the cluster adds: local:1's time outside the emulation less the plain run's (both
+    # lift the model, load the data and build an engine; the cluster also ships the job,
+    # builds the engine again on its worker and schedules the shards)
+    extra = ((e1["wall_s"] - e1["startup_s"] - e1["busy_s"])
+             - (e0["wall_s"] - e0["busy_s"])) / a.images
     out["emulate"]["per_image_s"] = round(per_image, 4)
     out["emulate"]["overhead_per_image_s"] = round(over, 4)
     out["emulate"]["overhead_fraction"] = round(over / per_image, 4)
+    out["emulate"]["cluster_added_per_image_s"] = round(extra, 4)
+    out["emulate"]["cluster_added_fraction"] = round(extra / per_image, 4)
     print(table(["command", "run", "wall (s)", "cluster start-up (s)", "worker busy (s)",
                  "identical to local"], rows))
     print()
@@ -100,8 +110,10 @@ def main() -> None:
          out["sweep"]["speedup_2_vs_1"], ">= 1.8"],
         ["local:2 wall / plain local wall", out["emulate"]["local2_over_local"],
          out["sweep"]["local2_over_local"], "<= 1.1"],
-        ["overhead per image / emulation per image (local:1)",
-         out["emulate"]["overhead_fraction"], "", "<= 0.05"]]))
+        ["time outside emulation per image / emulation per image (local:1)",
+         out["emulate"]["overhead_fraction"], "", "<= 0.05"],
+        ["  of which the cluster adds (less the plain run's own)",
+         out["emulate"]["cluster_added_fraction"], "", "<= 0.05"]]))
     print(f"\nwrote {write_json('bench_cluster', out)}")
 
 

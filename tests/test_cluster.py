@@ -69,6 +69,24 @@ def test_parse_address():
             parse_address(bad)
 
 
+def test_worker_threads_follows_the_environment(monkeypatch):
+    """A worker whose numba was imported before its environment was applied still runs its
+    tasks on the environment's thread count (local:2 ran 2 threads per worker before)."""
+    import numba
+
+    from qcompile.driver.cluster import worker_threads
+
+    full = numba.config.NUMBA_NUM_THREADS
+    try:
+        numba.set_num_threads(full)
+        monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+        assert worker_threads() == 0 and numba.get_num_threads() == full
+        monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+        assert worker_threads() == 1 and numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(full)
+
+
 def test_no_dask_import_without_cluster(shared_data):
     """`import qcompile.cli` and a local emulate leave dask and distributed unimported."""
     code = (

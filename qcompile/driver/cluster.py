@@ -28,7 +28,7 @@ from typing import Any
 from qcompile.errors import QCompileError
 
 __all__ = ["CLUSTER_HELP", "Cluster", "ClusterError", "open_cluster", "parse_address",
-           "worker_cached", "job_key", "pack", "unpack"]
+           "worker_cached", "worker_threads", "job_key", "pack", "unpack"]
 
 CLUSTER_HELP = ("run on a Dask cluster: local:N (N worker processes on this machine), "
                 "tcp://HOST:PORT or scheduler-file:PATH")
@@ -105,9 +105,29 @@ _CACHE: dict[str, Any] = {}
 _KEEP = 8
 
 
+def worker_threads() -> int:
+    """On a worker: the compute threads one task may use, ``NUMBA_NUM_THREADS`` from the
+    worker's environment (``local:N`` sets 1; a ``dask worker`` started with it set is
+    honoured), else 0 (all cores).  numba reads that variable once, when it is first imported,
+    and a spawned worker re-imports the parent's ``__main__`` (a script importing qcompile
+    imports numba) before the nanny applies the environment: two workers of ``local:2`` then
+    ran two threads each on two cores, and the run was no faster than ``local:1``.  So the
+    count is set again here, in the task's thread (numba's count is per thread); ONNX Runtime
+    sessions built on the worker take the same count."""
+    raw = os.environ.get("NUMBA_NUM_THREADS", "")
+    n = int(raw) if raw.isdigit() and int(raw) > 0 else 0
+    if n:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return n
+
+
 def worker_cached(key: str, build: Callable[[], Any]) -> Any:
     """On a worker: ``build()`` once per job key (the engine, the opened data set), then reuse;
-    the last ``_KEEP`` jobs are kept (a sweep interleaves its formats)."""
+    the last ``_KEEP`` jobs are kept (a sweep interleaves its formats).  Every call first sets
+    the task's thread count (:func:`worker_threads`)."""
+    worker_threads()
     if key not in _CACHE:
         while len(_CACHE) >= _KEEP:
             _CACHE.pop(next(iter(_CACHE)))

@@ -53,11 +53,12 @@ class FixedBatchExecutor:
         return getattr(self.inner, name)
 
 
-def ort_executor():
-    """The executor passes run graphs with (ONNX Runtime, float), in the model's batch size."""
+def ort_executor(threads: int = 0):
+    """The executor passes run graphs with (ONNX Runtime, float), in the model's batch size;
+    ``threads`` 0: ONNX Runtime's default (all cores)."""
     from qcompile.backends.ort.executor import OrtExecutor
 
-    return FixedBatchExecutor(OrtExecutor())
+    return FixedBatchExecutor(OrtExecutor(threads=threads))
 
 
 def pass_context(pipeline: Sequence[Any], *, calib: str | None = None,

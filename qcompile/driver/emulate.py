@@ -67,10 +67,10 @@ def find_labels(n_classes: int, labels: str | None, model: str, data: str | None
     return None
 
 
-def _fp32_session(graph):
+def _fp32_session(graph, threads: int = 0):
     from qcompile.backends.ort import lower, session
 
-    return session(lower(graph))
+    return session(lower(graph), threads=threads)
 
 
 def emulate(model: str, cfg: EmuConfig, *, image: str | None = None, data: str | None = None,
@@ -323,13 +323,13 @@ def cluster_batches(spec: str, job: dict, ds, batch: int, lim: int | None, eval_
 
 
 def _worker_state(job: dict):
-    from qcompile.driver.cluster import unpack
+    from qcompile.driver.cluster import unpack, worker_threads
     from qcompile.passes._feeds import input_spec
 
     g = unpack(job["graph"])
     interp = _interpreter(g, job["cfg"], job["engine"], [], job["kw"])
     fg = None if job["float_graph"] is None else unpack(job["float_graph"])
-    sess = _fp32_session(fg) if fg is not None else None
+    sess = _fp32_session(fg, worker_threads()) if fg is not None else None
     ds = None
     if job["data"] is not None:
         ds = model_data(g, open_data(job["data"], job["pre"]), None)

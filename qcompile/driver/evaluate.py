@@ -228,7 +228,10 @@ def _eval_worker(job: dict):
 
     path = Path(tempfile.mkdtemp(prefix="qcompile-eval-")) / job["name"]
     path.write_bytes(job["model"])
-    runner = ModelRunner(str(path), device=job["device"], threads=job["threads"])
+    from qcompile.driver.cluster import worker_threads
+
+    runner = ModelRunner(str(path), device=job["device"],
+                         threads=job["threads"] or worker_threads())
     ds = None if job["data"] is None else open_data(job["data"], job["pre"])
     ds, predict, _ = _fit(runner, ds, lambda m: None)  # None: the images come in the shards
     return ds, predict

@@ -262,13 +262,13 @@ def _on_cluster(spec: str, ev: FormatEvaluator, formats: Sequence[str], log, pro
 
 
 def _sweep_worker(job: dict):
-    from qcompile.driver.cluster import unpack
+    from qcompile.driver.cluster import unpack, worker_threads
 
     g = unpack(job["graph"])
     if not any(is_op(n, "FQ") for n in g.nodes):
         from qcompile.driver.context import ort_executor
 
-        ex = ort_executor()
+        ex = ort_executor(threads=worker_threads())
         return "ort", lambda x: ex.run(g, {g.inputs[0].name: x}, [g.outputs[0]])[g.outputs[0]]
     from qcompile.backends.mpfr import Interpreter, make_config
 

@@ -187,12 +187,13 @@ def merge(into: TensorCmp | FloatCmp, part: TensorCmp | FloatCmp) -> None:
 def _verify_worker(job: dict):
     import tempfile
 
+    from qcompile.driver.cluster import worker_threads
     from qcompile.driver.verify.session import VerifySession
 
     path = Path(tempfile.mkdtemp(prefix="qcompile-verify-")) / job["name"]
     path.write_bytes(job["model"])
     vs = VerifySession(str(path), opt_level=job["opt_level"], device=job["device"],
-                       engine=job["engine"], threads=job["threads"])
+                       engine=job["engine"], threads=job["threads"] or worker_threads())
     ds = None
     if job["data"] is not None:  # the client's own data call: the same view of the images
         ds, _ = vs.open_data(job["data"], job["preprocess"], job["limit"], lambda m: None)
