@@ -216,7 +216,8 @@ TP_FORMATS = [("fp32", dict(format="fp32")), ("bf16", dict(format="bf16")),
               ("b15e4 zero", dict(format="b15e4", rounding="zero")),
               ("b15e4 away", dict(format="b15e4", rounding="away")),
               ("p=11 subnormal=off", dict(format="p=11,emin=-14,emax=16,subnormal=off")),
-              ("e4m3", dict(format="e4m3")), ("qresnet compat", dict(compat="qresnet"))]
+              ("e4m3", dict(format="e4m3")), ("posit8_1", dict(format="posit8_1")),
+              ("qresnet compat", dict(compat="qresnet"))]
 
 
 def _tp_models(which: list[str]):

@@ -66,9 +66,31 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a.view(np.int64) == b.view(np.int64)) | (np.isnan(a) & np.isnan(b))
 
 
+_TWO_D_ONLY_A = frozenset({"Gemm", "MatMul"})  # a non-constant 2-D B is not batch-indexed
+
+
+def _batch_rows(node, inputs, y) -> list[bool] | None:
+    """Which inputs carry the batch row-for-row with ``y`` (so one image's outputs need only
+    that image's rows of them), or None when the node may mix rows: an ``axis`` of 0
+    (Concat, Softmax, Split...), or no input of ``y``'s rank and leading size."""
+    axis = node.attrs.get("axis", 1)
+    if y.ndim < 2 or y.shape[0] < 2 or (isinstance(axis, int) and axis % y.ndim == 0):
+        return None
+    rows = []
+    for i, (v, a) in enumerate(zip(node.inputs, inputs)):
+        a = None if a is None else np.asarray(a)
+        rows.append(a is not None and v is not None and not v.is_const and a.ndim == y.ndim
+                    and a.shape[0] == y.shape[0] and (i == 0 or node.op not in _TWO_D_ONLY_A
+                                                       or a.ndim > 2))
+    return rows if any(rows) else None
+
+
 class Verifier:
     """Recompute ``k`` random output elements of every rounding layer with the reference
-    engine, from the fast engine's own inputs to that layer (first time each layer runs)."""
+    engine, from the fast engine's own inputs to that layer (first time each layer runs).
+    On a batch the ``k`` elements come from one random image, and only that image's rows of
+    the batch-carrying inputs go to the reference (turning a batch of 50 activations into
+    exact mpfr objects cost minutes per model; one image's rows, seconds)."""
 
     def __init__(self, cfg: EmuConfig, k: int, seed: int = 0) -> None:
         from qcompile.backends.mpfr.interpreter import RefEngine
@@ -90,16 +112,23 @@ class Verifier:
         y = _f64(outputs[0])
         if y.size == 0:
             return
-        n = min(self.k, y.size)
-        flat = self.rng.choice(y.size, size=n, replace=False)
-        idx = [tuple(int(t) for t in np.unravel_index(f, y.shape)) for f in flat]
+        rows = _batch_rows(node, inputs, y)
+        b = int(self.rng.integers(y.shape[0])) if rows else None
+        yb = y[b:b + 1] if rows else y
+        n = min(self.k, yb.size)
+        flat = self.rng.choice(yb.size, size=n, replace=False)
+        idx = [tuple(int(t) for t in np.unravel_index(f, yb.shape)) for f in flat]
+        if rows:
+            inputs = [a[b:b + 1] if r else a for a, r in zip(inputs, rows)]
         args = [None if a is None else (self.ref.from_numpy(a) if np.asarray(a).dtype.kind == "f"
                                         else a) for a in inputs]
         kernel = self.ref.table.lookup(node)
         from qcompile.backends.mpfr.ref import to_float
 
         got = to_float(np.array(kernel(self.ref, *args, sample=idx, **node.attrs), dtype=object))
-        want = np.array([y[i] for i in idx])
+        want = np.array([yb[i] for i in idx])
+        if rows:  # report the element's place in the batch
+            idx = [(b,) + i[1:] for i in idx]
         ok = same_bits(got, want)
         self.checked += n
         self.layers += 1
