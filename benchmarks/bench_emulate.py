@@ -216,8 +216,39 @@ TP_FORMATS = [("fp32", dict(format="fp32")), ("bf16", dict(format="bf16")),
               ("b15e4 zero", dict(format="b15e4", rounding="zero")),
               ("b15e4 away", dict(format="b15e4", rounding="away")),
               ("p=11 subnormal=off", dict(format="p=11,emin=-14,emax=16,subnormal=off")),
-              ("e4m3", dict(format="e4m3")), ("posit8_1", dict(format="posit8_1")),
+              ("e4m3", dict(format="e4m3")),
+              ("e4m3 FQ (fp32 arith)", dict(format="fp32", fq="e4m3")),
+              ("posit8_1 FQ (fp32 arith)", dict(format="fp32", fq="posit8_1")),
               ("qresnet compat", dict(compat="qresnet"))]
+
+
+def _fq_graph(g, spec: str, feeds):
+    """``g`` with every Conv/Gemm's weights and input in ``spec``: the qcompile.FQ ops
+    ``assign{policy=uniform}`` inserts (amax scales: per output channel for weights, per tensor
+    for activations, the activation ranges observed on ``feeds`` in fp32; posits unscaled),
+    the graph a float/posit PTQ study emulates."""
+    from qcompile.ir import RANGE, Range
+    from qcompile.passes._assign_float import float_layers, insert_formats
+    from qcompile.passes.base import Stats
+
+    g = g.clone()
+    layers = float_layers(g)
+    inputs = {n.inputs[0].name for n in layers}
+    seen: dict[str, tuple[float, float]] = {}
+
+    def observe(node, args, outs):
+        for v, a in zip(node.inputs, args):
+            if v is not None and v.name in inputs and a is not None:
+                a = np.asarray(a, np.float64)
+                lo, hi = seen.get(v.name, (np.inf, -np.inf))
+                seen[v.name] = (min(lo, float(a.min())), max(hi, float(a.max())))
+
+    Interpreter(g, make_config(format="fp32"), "fast", listeners=[observe]).run(feeds)
+    for n in layers:
+        lo, hi = seen[n.inputs[0].name]
+        n.inputs[0].meta[RANGE] = Range(lo, hi, "minmax")
+    insert_formats(g, layers, set(), spec, spec, "amax", Stats())
+    return g
 
 
 def _tp_models(which: list[str]):
@@ -273,8 +304,11 @@ def bench_throughput(models: list[str], formats: list[str], repeat: int, verify:
         for fname, kw in TP_FORMATS:
             if fname not in formats:
                 continue
+            kw = dict(kw)
+            fq = kw.pop("fq", None)
+            gf = _fq_graph(g, fq, feeds) if fq else g
             cfg = make_config(**kw)
-            interp = Interpreter(g, cfg, "fast")
+            interp = Interpreter(gf, cfg, "fast")
             interp.prepare()
             interp.engine.A.warmup()
             interp.run(feeds)
@@ -284,7 +318,7 @@ def bench_throughput(models: list[str], formats: list[str], repeat: int, verify:
             mism = None
             if verify:
                 v = Verifier(cfg, verify, seed=0)
-                check = Interpreter(g, cfg, "fast", listeners=[v])
+                check = Interpreter(gf, cfg, "fast", listeners=[v])
                 check.run(feeds)
                 mism = v.report()["mismatches"]
             rows.append({"model": mname, "format": fname, "macs": macs, "seconds": wall,
@@ -292,6 +326,8 @@ def bench_throughput(models: list[str], formats: list[str], repeat: int, verify:
                          "ort_seconds": ort_s, "vs_ort": wall / ort_s,
                          "limit_seconds": limit_s, "vs_limit": wall / limit_s,
                          "profile": prof, "kernels": dict(interp.engine.A.kernel_stats),
+                         "fq_share": sum(v for k, v in prof.items() if k.endswith("FQ"))
+                         / max(sum(prof.values()), 1e-12),
                          "verify_mismatches": mism})
             r = rows[-1]
             print(f"  {mname} {fname}: {wall:.3f} s, {r['mmacs_per_core']:.0f} M MAC/s per core,"
@@ -320,10 +356,10 @@ def main() -> None:
                                 args.repeat, args.verify)
         print(f"\nload average at start {load:.2f}")
         print(table(["model", "format", "G MACs", "seconds", "M MAC/s per core", "x ORT FP32",
-                     "x fp32 loop (limit)", "verify mismatches"],
+                     "x fp32 loop (limit)", "FQ ops share", "verify mismatches"],
                     [[r["model"], r["format"], f"{r['macs'] / 1e9:.3f}", f"{r['seconds']:.3f}",
                       f"{r['mmacs_per_core']:.0f}", f"{r['vs_ort']:.1f}", f"{r['vs_limit']:.1f}",
-                      r["verify_mismatches"]] for r in rows]))
+                      f"{100 * r['fq_share']:.0f}%", r["verify_mismatches"]] for r in rows]))
         print(f"\nwrote {write_json('bench_emulate_throughput', {'load': load, 'rows': rows})}")
         return
     r = bench_resnet18(args.repeat, args.samples)

@@ -178,3 +178,26 @@ def test_ort_refuses_fq_naming_nodes_and_formats():
     msg = str(e.value)
     assert "\n" not in msg and "fq (e4m3)" in msg and "qcompile emulate" in msg
     assert isinstance(e.value, QCompileError)
+
+
+@pytest.mark.parametrize("spec", ["e4m3", "e5m2", "posit16_1", "b20e6"])
+@pytest.mark.parametrize("arith", ["fp32", "bf16", "b64e11"])
+def test_fq_exact_product_shortcut_equals_fastfp_mul(spec, arith):
+    """round_A(q s) through the exact binary64 product (formats of <= 29 bits, binary32 scales)
+    is fastfp.mul bit for bit; the shortcut declines where it could be inexact."""
+    from qcompile.backends.mpfr.ops_formats import _exact_product
+    from qcompile.numerics import fastfp
+    from qcompile.numerics.float_format import parse_format
+
+    rng = np.random.default_rng(5)
+    fmt = fq_format(spec)
+    x = rng.standard_normal((64, 9)) * np.exp2(rng.integers(-20, 20, (64, 1)))
+    s = (rng.random((64, 1)) * 0.05 + 1e-3).astype(np.float32).astype(np.float64)
+    q = fq_round(x, s, fmt, "nearest")
+    p = _exact_product(q, s, fmt)
+    assert p is not None
+    A = parse_format(arith)
+    want = fastfp.mul(q, np.broadcast_to(s, q.shape), A, "nearest")
+    np.testing.assert_array_equal(_bits(fastfp.round_to(p, A, "nearest")), _bits(want))
+    assert _exact_product(q, s + 1e-12, fmt) is None  # a scale of more than 24 bits
+    assert _exact_product(q, s, fq_format("fp32")) is None  # 32 + 24 bits > 53

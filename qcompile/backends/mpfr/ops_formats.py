@@ -77,9 +77,27 @@ def fq_fast(E, x, scale=None, *, format, rounding="nearest", saturate=1, axis=No
         raise KernelError(f"FQ: {e} (after conversion into the run's conversion format)") from None
     q = fq_round(x, s, fmt, mode)
     A = E.A
-    if np.all(s == 1.0):
-        return (fastfp.round_to(q, A.fmt, A.mode),)
+    if np.all(s == 1.0):  # A.round: one IEEE conversion where A is the machine's format
+        return (A.round(q),)
+    p = _exact_product(q, s, fmt)
+    if p is not None:  # round_A(q s) of the exact product: one rounding, as fastfp.mul
+        return (A.round(p),)
     return (fastfp.mul(q, np.broadcast_to(s, q.shape), A.fmt, A.mode),)
+
+
+def _exact_product(q: np.ndarray, s: np.ndarray, fmt) -> np.ndarray | None:
+    """``q * s`` in binary64 where that is the exact product, else None.  A value of ``fmt``
+    has at most ``fmt.bits`` significant bits (the storage width bounds the precision) and a
+    binary32 scale at most 24, so with ``bits + 24 <= 53`` the product's significand fits and
+    it is exact unless it leaves binary64's normal range (checked: a nonzero ``q`` giving a
+    product below 2**-1022, or a finite one giving inf)."""
+    bits = getattr(fmt, "bits", None)
+    if bits is None or bits + 24 > 53 or not np.all(s.astype(np.float32) == s):
+        return None
+    with np.errstate(all="ignore"):
+        p = q * s
+        lost = ((np.abs(p) < 2.0 ** -1022) & (q != 0)) | (np.isinf(p) & np.isfinite(q))
+    return None if lost.any() else p
 
 
 def fq_ref(E, x, scale=None, *, format, rounding="nearest", saturate=1, axis=None,  # noqa: A002
