@@ -75,7 +75,9 @@ def fq_fast(E, x, scale=None, *, format, rounding="nearest", saturate=1, axis=No
         check_scale(s)
     except FormatError as e:
         raise KernelError(f"FQ: {e} (after conversion into the run's conversion format)") from None
-    q = fq_round(x, s, fmt, mode)
+    q = _fq_div_nb(x, s, fmt, mode, axis)
+    if q is None:
+        q = fq_round(x, s, fmt, mode)
     A = E.A
     if np.all(s == 1.0):  # A.round: one IEEE conversion where A is the machine's format
         return (A.round(q),)
@@ -83,6 +85,49 @@ def fq_fast(E, x, scale=None, *, format, rounding="nearest", saturate=1, axis=No
     if p is not None:  # round_A(q s) of the exact product: one rounding, as fastfp.mul
         return (A.round(p),)
     return (fastfp.mul(q, np.broadcast_to(s, q.shape), A.fmt, A.mode),)
+
+
+@functools.lru_cache(maxsize=64)
+def _fq_params(fmt, mode):
+    """The fast engine's rounding parameters of ``fmt`` (a float format of p <= 26 whose
+    numba rounding applies), or None (posits, wide or custom formats: the numpy way)."""
+    from qcompile.backends.mpfr.fast import FastArith, numba_available
+    from qcompile.numerics.float_format import FloatFormat
+
+    if not isinstance(fmt, FloatFormat) or not numba_available():
+        return None
+    nb = FastArith(fmt, mode).nb
+    return None if nb is None else (nb[0], nb[1])
+
+
+_NB_MIN = 4096  # smaller tensors (tests, Gemm inputs at batch 1): the numpy way, no compile
+
+
+def _fq_div_nb(x: np.ndarray, s: np.ndarray, fmt, mode, axis) -> np.ndarray | None:
+    """``fq_round(x, s, fmt, mode)`` by the numba kernel (:mod:`._nb_fq`) for a scale per
+    tensor or per channel; its flagged elements (breakpoints, specials) by ``fq_round``."""
+    if x.size < _NB_MIN or np.all(s == 1.0):
+        return None
+    par = _fq_params(fmt, mode)
+    if par is None:
+        return None
+    from qcompile.backends.mpfr import _nb_fq
+
+    if s.size == 1:
+        inner, C = x.size, 1
+    else:
+        ax = int(axis) % x.ndim
+        inner, C = int(np.prod(x.shape[ax + 1:], dtype=np.int64)), x.shape[ax]
+    xf = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty_like(xf)
+    flag = np.empty(xf.size, np.uint8)
+    _nb_fq.fq_div(xf, np.ascontiguousarray(s, np.float64).reshape(-1), inner, C, par[0],
+                  par[1], out, flag)
+    bad = np.flatnonzero(flag)
+    if bad.size:
+        sb = np.broadcast_to(s, x.shape).reshape(-1)
+        out[bad] = fq_round(xf[bad], sb[bad], fmt, mode)
+    return out.reshape(x.shape)
 
 
 def _exact_product(q: np.ndarray, s: np.ndarray, fmt) -> np.ndarray | None:

@@ -1,0 +1,64 @@
+"""The numba FQ kernel (backends/mpfr/_nb_fq.py) equals the exact numpy FQ (``fq_round``, itself
+checked against the gmpy2 reference in test_mpfr_formats.py) bit for bit: five rounding modes,
+IEEE-like, FP8/FP4 and subnormal=off formats, scales per tensor and per channel on either axis,
+inputs on and next to every rounding breakpoint (values and midpoints of the format, times the
+scale), zeros of both signs, binary64 subnormals, infinities and NaN; and it is the path taken
+for large tensors (it must not silently decline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcompile.backends.mpfr import ops_formats as OF
+from qcompile.numerics import fastfp
+from qcompile.numerics.formats import Rounding
+from qcompile.numerics.fq import fq_format, fq_round
+
+SPECS = ["e4m3", "e5m2", "bf16", "fp16", "e2m1", "b6e3", "p=11,emin=-8,emax=7,subnormal=off"]
+
+
+def _bits(a):
+    a = np.asarray(a, np.float64)
+    return np.where(np.isnan(a), 0x7FF8000000000000, a.view(np.int64))
+
+
+def _breakpoints(fmt, rng, n):
+    """Values and midpoints of fmt (from a dense grid rounded into it) and their neighbours."""
+    grid = np.unique(fastfp.round_to(np.ldexp(rng.uniform(1, 2, 6000), rng.integers(-20, 20,
+                                                                                   6000)), fmt))
+    grid = grid[np.isfinite(grid)]
+    mids = (grid[:-1] + grid[1:]) / 2
+    v = np.concatenate([grid, mids, -grid, -mids])
+    v = np.concatenate([v, np.nextafter(v, np.inf), np.nextafter(v, -np.inf)])
+    return rng.choice(v, n)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("mode", list(Rounding))
+def test_kernel_equals_exact_fq(spec, mode):
+    fmt = fq_format(spec)
+    rng = np.random.default_rng(abs(hash((spec, mode.value))) % 2**32)
+    shape = (4, 6, 16, 17)
+    for axis, sshape in ((None, ()), (1, (1, 6, 1, 1)), (0, (4, 1, 1, 1))):
+        s = (rng.random(sshape) * 0.05 + 1e-3).astype(np.float32).astype(np.float64)
+        if axis is None:  # a power-of-two scale: x / s exact, breakpoints hit exactly
+            s = np.array(0.125)
+        x = rng.standard_normal(shape) * np.exp2(rng.integers(-12, 12, (4, 1, 1, 1)))
+        bp = _breakpoints(fmt, rng, x.size // 3)
+        x.reshape(-1)[: bp.size] = bp * np.broadcast_to(s, shape).reshape(-1)[: bp.size]
+        x.reshape(-1)[-12:] = [0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 1e-310,
+                               1e308, -1e308, 1e-300, -1e-300]
+        x.reshape(-1)[bp.size: bp.size + 500] = 0.0
+        got = OF._fq_div_nb(x, s, fmt, mode, axis)
+        assert got is not None  # the kernel ran
+        want = fq_round(x, s, fmt, mode)
+        np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+def test_kernel_declines_what_it_cannot_do():
+    x = np.random.default_rng(0).standard_normal(OF._NB_MIN)
+    s = np.array(0.3)
+    assert OF._fq_div_nb(x, s, fq_format("posit8_1"), Rounding.NEAREST, None) is None
+    assert OF._fq_div_nb(x[:10], s, fq_format("e4m3"), Rounding.NEAREST, None) is None
+    assert OF._fq_div_nb(x, np.array(1.0), fq_format("e4m3"), Rounding.NEAREST, None) is None
