@@ -352,5 +352,5 @@ def conv_transpose2d(x, w, out, bias, sh, sw, pt, pl, dh, dw, group, ip, fp, bad
         bad[n, oc] = flag
 
 
-# public for the vectorised round-to-nearest kernels of ``_nb_simd``
-f2i, i2f, rnd_n = _f2i, _i2f, _rnd_n
+# public for the vectorised round-to-nearest kernels of ``_nb_simd`` and the FQ kernel ``_nb_fq``
+f2i, i2f, rnd_n, rnd = _f2i, _i2f, _rnd_n, _rnd
