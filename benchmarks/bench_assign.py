@@ -34,11 +34,13 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/bench_assign")
     ap.add_argument("--part", choices=("int", "float", "all"), default="all")
     ap.add_argument("--images", type=int, default=1000, help="float part: evaluation images")
+    ap.add_argument("--rows", nargs="+", default=None,
+                    help="float part: only these rows, no search (e.g. e4m3 'posit(16,1)')")
     args = ap.parse_args()
     if args.part in ("float", "all"):
         from benchmarks.bench_assign_float import run_float
 
-        run_float(images=args.images)
+        run_float(images=args.images, only=args.rows)
         if args.part == "float":
             return
     d, out = Path(args.data), Path(args.out)

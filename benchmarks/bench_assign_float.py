@@ -14,6 +14,7 @@ Runtime on 200 of the evaluation images (seconds, no emulation); a greedy walk t
 with the least added noise per saved bit; each candidate point is verified by the full MPFR run.
 
     python benchmarks/bench_assign.py --part float [--images 1000]
+    python benchmarks/bench_assign.py --part float --images 2000 --rows e4m3 "posit(16,1)"   # issue 16
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _assign(w, a, keep="none") -> str:
     return f"assign{{policy=uniform,weights={w},activations={a},keep={keep}}}"
 
 
-def run_float(images: int = 1000, calib: int = 512, log=print) -> dict:
+def run_float(images: int = 1000, calib: int = 512, log=print, only=None) -> dict:
+    """``only``: measure just these TARGETS rows (by name) and skip the searches."""
     from qcompile.driver.sweep import FormatEvaluator
 
     t0 = time.perf_counter()
@@ -92,8 +94,12 @@ def run_float(images: int = 1000, calib: int = 512, log=print) -> dict:
             f"{100 * r['agreement']:.2f}% ({r['seconds']} s)")
         return row
 
+    unknown = set(only or ()) - {t[0] for t in TARGETS}
+    if unknown:
+        raise SystemExit(f"--rows: unknown {sorted(unknown)}; known: {[t[0] for t in TARGETS]}")
     for name, w, a, keep, tgt in TARGETS:
-        measure(name, w, a, keep, tgt)
+        if only is None or name in only:
+            measure(name, w, a, keep, tgt)
 
     # smallest uniform float within 0.5 points
     def width_formats(n):
@@ -102,12 +108,14 @@ def run_float(images: int = 1000, calib: int = 512, log=print) -> dict:
             ["e2m1"] if n == 4 else fs)
 
     passing = {}
-    for f in width_formats(8):  # 8 bits first (e4m3 is already measured), then down or up
+    # 8 bits first (e4m3 is already measured), then down or up; none with ``only``
+    for f in (width_formats(8) if only is None else []):
         r = measure("e4m3" if f == "e4m3" else f"uniform {f}", f, f, target=0.5)
         if r["met"]:
             passing[8] = r
             break
-    widths = list(range(7, 3, -1)) if 8 in passing else list(range(9, 13))
+    widths = [] if only is not None else (list(range(7, 3, -1)) if 8 in passing
+                                          else list(range(9, 13)))
     for n in widths:
         ok = None
         for f in width_formats(n):

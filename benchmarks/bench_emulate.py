@@ -330,6 +330,7 @@ def bench_throughput(models: list[str], formats: list[str], repeat: int, verify:
                          / max(sum(prof.values()), 1e-12),
                          "verify_mismatches": mism})
             r = rows[-1]
+            write_json("bench_emulate_throughput", {"partial": True, "rows": rows})  # so far
             print(f"  {mname} {fname}: {wall:.3f} s, {r['mmacs_per_core']:.0f} M MAC/s per core,"
                   f" {r['vs_ort']:.1f}x ORT, {r['vs_limit']:.1f}x limit, verify {mism}",
                   flush=True)

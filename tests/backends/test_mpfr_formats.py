@@ -201,3 +201,34 @@ def test_fq_exact_product_shortcut_equals_fastfp_mul(spec, arith):
     np.testing.assert_array_equal(_bits(fastfp.round_to(p, A, "nearest")), _bits(want))
     assert _exact_product(q, s + 1e-12, fmt) is None  # a scale of more than 24 bits
     assert _exact_product(q, s, fq_format("fp32")) is None  # 32 + 24 bits > 53
+
+
+def test_fq_of_a_constant_weight_is_computed_once_and_listeners_still_see_it():
+    """The FQ of a constant (a weight) is the same every run: the interpreter computes it on
+    the first run only; later runs give the same bits and listeners see the node every run
+    (with the very outputs of the first run); an FQ of an activation is computed each run."""
+    from qcompile.backends.mpfr.interpreter import _FOLD_OPS
+
+    assert "FQ" in _FOLD_OPS
+    g = Graph()
+    x = g.add_input("x", TensorType.of(np.zeros((2, 5), np.float32)))
+    w = g.add_const("w", np.linspace(-1, 1, 5).astype(np.float32))
+    s = g.add_const("s", np.full(5, 0.01, np.float32))
+    wfq = Node("FQ", [w, s], [w.type], attrs={"format": "e4m3", "axis": 0},
+               domain=QCOMPILE_DOMAIN, name="wfq", output_names=["wq"])
+    xfq = Node("FQ", [x, s], [x.type], attrs={"format": "e4m3", "axis": 1},
+               domain=QCOMPILE_DOMAIN, name="xfq", output_names=["xq"])
+    add = Node("Add", [xfq.output, wfq.output], [x.type], name="add", output_names=["y"])
+    for n in (wfq, xfq, add):
+        g.append(n)
+    g.outputs.append(add.output)
+    seen: dict[str, list] = {}
+    it = Interpreter(g, make_config(format="fp32"), "fast",
+                     listeners=[lambda n, a, o: seen.setdefault(n.name, []).append(o[0])])
+    x0 = np.random.default_rng(1).standard_normal((2, 5)).astype(np.float32)
+    first = it.run_numpy({"x": x0})["y"]
+    again = it.run_numpy({"x": x0})["y"]
+    np.testing.assert_array_equal(_bits(first), _bits(again))
+    assert len(seen["wfq"]) == 2 and seen["wfq"][1] is seen["wfq"][0]  # computed once
+    assert seen["xfq"][1] is not seen["xfq"][0]  # activations: every run
+    assert set(it._folded) == {wfq}
