@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import onnxruntime as ort
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -52,7 +52,27 @@ def _close(got, want):
     assert d.max(initial=0) <= 1 and (d == 0).mean() > 0.97
 
 
+def _close_or_pair_saturated(got, want, a, za, b, sa, sb, C, sy, zy):
+    """As _close, except that ORT's U8S8 GEMM on x86 without AVX-512 VNNI sums the raw u8 x s8
+    products in int16 pairs with saturation (vpmaddubsw); an element ORT computed that way is
+    compared with the same requantisation of the saturated accumulator (the exact engine is
+    right; this is the departure `verify` explains as 'int16 pair saturation')."""
+    from qcompile.driver.verify.causes import saturated_acc
+
+    sbv = np.broadcast_to(np.asarray(sb, np.float64).reshape(-1), (b.shape[0],))
+    alt = np.empty_like(want)
+    for i in range(a.shape[0]):
+        for j in range(b.shape[0]):
+            acc = saturated_acc(a[i], b[j], int(za), 0) + (int(C[j]) if C is not None else 0)
+            v = Fraction(float(sa)) * Fraction(float(sbv[j])) * acc / Fraction(float(sy))
+            alt[i, j] = min(255, max(0, qx.rhe(v) + int(zy)))
+    d = np.abs(got.astype(np.int64) - want.astype(np.int64))
+    d_alt = np.abs(alt.astype(np.int64) - want.astype(np.int64))
+    assert (np.minimum(d, d_alt) <= 1).all() and (np.minimum(d, d_alt) == 0).mean() > 0.97
+
+
 @given(st.integers(0, 2**31), st.booleans(), st.booleans(), st.booleans())
+@example(155, False, False, False)  # ORT saturates an int16 pair here on an AVX2 machine
 @SETTINGS
 def test_qgemm_fast_equals_reference_and_ort(seed, per_col, bias, float_out):
     rng = np.random.default_rng(seed)
@@ -75,7 +95,7 @@ def test_qgemm_fast_equals_reference_and_ort(seed, per_col, bias, float_out):
     else:
         assert got[1, 2] == min(255, max(0, qx.rhe(v / Fraction(float(sy))) + int(zy)))
         want = _ort("QGemm", [a, sa, za, b, sb, zb, C, sy, zy], TensorProto.UINT8, transB=1)
-        _close(got, want)
+        _close_or_pair_saturated(got, want, a, za, b, sa, sb, C, sy, zy)
 
 
 @given(st.integers(0, 2**31))
