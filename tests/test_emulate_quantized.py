@@ -33,16 +33,31 @@ def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def _check(rep: dict, want: np.ndarray, float_out: np.ndarray | None,
-           tol: float | None = None) -> None:
+           tol: float | None = None, saturating: bool = False) -> None:
     got = np.array([r["logits"] for r in rep["results"]], np.float64)
     assert got.shape == want.shape and np.isfinite(got).all()
     assert rep["accuracy"]["top1_agreement"] == 1.0
+    err = np.abs(got - want).max()
+    if saturating:
+        # ORT's U8S8 kernels on x86 without VNNI saturate int16 pairs (vpmaddubsw): ORT then
+        # computes another network than the model's exact one (test_quant_forms checks that
+        # verify explains every such departure); the emulation must still be the quantised
+        # network, nearer ORT's output than the float model is
+        assert err <= 0.5 * np.abs(float_out - want).max(), err
+        return
     # the quantised network, not its float equivalent: ORT's output departs from emulate's
     # (float32 requantisation ties at most) far less than the float model's does
-    err = np.abs(got - want).max()
     assert err <= (1e-3 * np.abs(want).max() if tol is None else tol), err
     if float_out is not None:
         assert err <= 0.1 * np.abs(float_out - want).max()
+
+
+def _pair_saturating(kw: dict) -> bool:
+    """U8S8 without reduce_range on an x86 CPU without VNNI (detect_cpu() == 'avx2')."""
+    from qcompile.backends.ort.cpu import detect_cpu
+
+    return (detect_cpu() == "avx2" and not kw.get("dynamic") and kw.get("activations", "uint8")
+            == "uint8" and not kw.get("reduce_range"))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +73,7 @@ def test_emulate_runs_ort_quantised_models(tmp_path, float_model, kind):
     x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     rep = emulate(str(path), make_config(format="fp32"), data=str(tmp_path / "x.npy"))
-    _check(rep, _ort(q, x), _ort(float_model, x))
+    _check(rep, _ort(q, x), _ort(float_model, x), saturating=_pair_saturating(KINDS[kind]))
 
 
 def test_emulate_runs_torch_qat_uint8_nchw(tmp_path):

@@ -214,7 +214,7 @@ def test_run_verify_eval_sweep_html(tmp_path):
         r = runner.invoke(app, [str(a) for a in args] + ["--html", str(pages[k])])
         assert r.exit_code in (0, 1) if k == "verify" else r.exit_code == 0, (k, r.output)
     side = {k: json.loads(p.with_suffix(".json").read_text()) for k, p in pages.items()}
-    assert side["run"]["sqnr"]["layers"] and side["run"]["passes"][-1]["pass"] == "quantize"
+    assert side["run"]["sqnr"]["layers"] and side["run"]["passes"][-1]["pass"].split("{")[0] == "quantize"  # + target defaults
     rng = side["eval"]["ranges"]  # from the int8 file: its Q/DQ scales and integer weights
     qdq = [r for r in rng if (r["activations"] or "").startswith("QuantizeLinear")]
     assert qdq and all(r["a_lo"] <= 0 < r["a_hi"] for r in qdq)

@@ -44,8 +44,23 @@ def test_ort_static_models_verify(tmp_path, float_model, case):
     r = verify_model(str(path), _data(tmp_path), isolate=True)
     # every Conv/Add/GAP/Gemm output is an integer tensor compared, not only the input Q
     assert len(r.tensors) >= 10
+    if _pair_saturating(case):
+        # ORT's U8S8 kernels on x86 without VNNI sum u8 x s8 pairs in int16 with saturation
+        # (vpmaddubsw): codes then depart by more than 1 LSB; each departure must be one the
+        # integer rules recompute (float32 requantisation or that saturation), none unexplained
+        c = r.extra["causes"]
+        assert c["unexplained"] == 0, c
+        return
     assert r.verdict in ("bit-exact", "within 1 LSB"), r.to_json()["layers"]
     assert max(t.max_lsb for t in r.isolated) <= 1
+
+
+def _pair_saturating(case) -> bool:
+    """U8S8 without reduce_range on an x86 CPU without VNNI (detect_cpu() == 'avx2')."""
+    from qcompile.backends.ort.cpu import detect_cpu
+
+    return (detect_cpu() == "avx2" and case["activations"] == "uint8"
+            and not case["reduce_range"])
 
 
 def test_ort_dynamic_model_verifies(tmp_path, float_model):

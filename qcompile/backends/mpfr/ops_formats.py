@@ -137,8 +137,9 @@ def _exact_product(q: np.ndarray, s: np.ndarray, fmt) -> np.ndarray | None:
     it is exact unless it leaves binary64's normal range (checked: a nonzero ``q`` giving a
     product below 2**-1022, or a finite one giving inf)."""
     bits = getattr(fmt, "bits", None)
-    if bits is None or bits + 24 > 53 or not np.all(s.astype(np.float32) == s):
-        return None
+    if (q.dtype != np.float64 or bits is None or bits + 24 > 53
+            or not np.all(s.astype(np.float32) == s)):
+        return None  # (a family may hand back other arrays: fastfp.mul converts them)
     with np.errstate(all="ignore"):
         p = q * s
         lost = ((np.abs(p) < 2.0 ** -1022) & (q != 0)) | (np.isinf(p) & np.isfinite(q))
