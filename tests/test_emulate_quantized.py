@@ -53,11 +53,10 @@ def _check(rep: dict, want: np.ndarray, float_out: np.ndarray | None,
 
 
 def _pair_saturating(kw: dict) -> bool:
-    """U8S8 without reduce_range on an x86 CPU without VNNI (detect_cpu() == 'avx2')."""
-    from qcompile.backends.ort.cpu import detect_cpu
+    from qcompile.backends.ort.cpu import detect_cpu, pair_saturates
 
-    return (detect_cpu() == "avx2" and not kw.get("dynamic") and kw.get("activations", "uint8")
-            == "uint8" and not kw.get("reduce_range"))
+    return not kw.get("dynamic") and pair_saturates(
+        detect_cpu(), kw.get("activations", "uint8"), "int8", kw.get("reduce_range", False))
 
 
 @pytest.fixture(scope="module")

@@ -56,11 +56,9 @@ def test_ort_static_models_verify(tmp_path, float_model, case):
 
 
 def _pair_saturating(case) -> bool:
-    """U8S8 without reduce_range on an x86 CPU without VNNI (detect_cpu() == 'avx2')."""
-    from qcompile.backends.ort.cpu import detect_cpu
+    from qcompile.backends.ort.cpu import detect_cpu, pair_saturates
 
-    return (detect_cpu() == "avx2" and case["activations"] == "uint8"
-            and not case["reduce_range"])
+    return pair_saturates(detect_cpu(), case["activations"], "int8", case["reduce_range"])
 
 
 def test_ort_dynamic_model_verifies(tmp_path, float_model):
@@ -118,6 +116,10 @@ def test_inspect_shows_the_scheme(tmp_path, float_model, case):
     assert fused + k.get("Conv", 0) == 6
     if case["activations"] == "uint8":
         assert fused == 6
+    # the pair-saturation warning: U8S8 without reduce_range on an AVX2 CPU without VNNI
+    warned = any("vpmaddubsw" in w for w in q["warnings"])
+    assert warned == (q["cpu"] == "avx2" and case["activations"] == "uint8"
+                      and not case["reduce_range"])
 
 
 def test_float_model_has_no_scheme(float_model):

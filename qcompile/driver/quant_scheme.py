@@ -75,10 +75,13 @@ def quant_scheme(graph: Graph, *, kernels: Counter | None = None, cpu: str | Non
     dyn = any(n.op == "DynamicQuantizeLinear" for n in graph.nodes)
     if not layers and not dyn:
         return None
+    from qcompile.backends.ort.cpu import pair_saturates
+
     warnings = []
-    u8s8 = [la for la in layers if la["activations"] == "uint8" and la["weights"] == "int8"]
-    if cpu == "avx2" and any(not la["reduce_range"] for la in u8s8):
-        warnings.append(f"{sum(not la['reduce_range'] for la in u8s8)} U8S8 layers without "
+    sat = sum(pair_saturates(cpu or "", la["activations"], la["weights"], la["reduce_range"])
+              for la in layers)
+    if sat:
+        warnings.append(f"{sat} U8S8 layers without "
                         "reduce_range on an AVX2 CPU without VNNI: vpmaddubsw sums u8 x s8 "
                         "products in int16 pairs and can saturate; re-quantise with "
                         "-p dequantize,...,quantize{reduce_range=true} or use S8S8")

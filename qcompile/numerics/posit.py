@@ -193,21 +193,17 @@ def decode(p, fmt: PositFormat) -> np.ndarray:
 _NB_MIN = 4096  # below this many elements the numpy form is as fast (and never compiles)
 
 
-def _load_nb():
-    """The numba form (:mod:`qcompile.numerics._posit_nb`), or None without numba; numba's
-    disk cache needs a writable place, else a private temporary one (as the MPFR kernels)."""
-    try:
-        from qcompile.numerics import _posit_nb
-    except ImportError:  # pragma: no cover - only where numba is not installed
-        return None
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        import tempfile
+def _import_nb():
+    from qcompile.numerics import _posit_nb
 
-        import numba
-
-        numba.config.CACHE_DIR = tempfile.mkdtemp(prefix="qcompile-numba-")
-        from qcompile.numerics import _posit_nb
     return _posit_nb
+
+
+def _load_nb():
+    """The numba form (:mod:`qcompile.numerics._posit_nb`), or None without numba."""
+    from qcompile.numerics._numba import load_kernels
+
+    return load_kernels(_import_nb)
 
 
 _NB: list = []  # loaded on the first large call: importing numba costs ~0.3 s

@@ -37,26 +37,20 @@ from qcompile.backends.mpfr import common as _cm
 from qcompile.backends.mpfr import fast_lanes
 from qcompile.numerics import fastfp
 from qcompile.numerics._fastfp_core import get_plan
+from qcompile.numerics._numba import load_kernels
 from qcompile.numerics.formats import Rounding
 
 
-def _load_kernels():
-    """The numba kernel modules, or Nones without numba (everything stays exact, only slower).
-    numba's disk cache (cache=True) needs a writable place: beside the sources, else the user
-    cache dir; when neither is writable numba refuses to decorate, and the kernels compile
-    into a private temporary cache instead (first-run compile on every run, nothing lost)."""
-    try:
-        from qcompile.backends.mpfr import _nb, _nb_lanes, _nb_native, _nb_simd
-    except ImportError:  # pragma: no cover - exercised only where numba is not installed
-        return None, None, None, None
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        import tempfile
+def _import_kernels():
+    from qcompile.backends.mpfr import _nb, _nb_lanes, _nb_native, _nb_simd
 
-        import numba
-
-        numba.config.CACHE_DIR = tempfile.mkdtemp(prefix="qcompile-numba-")
-        from qcompile.backends.mpfr import _nb, _nb_lanes, _nb_native, _nb_simd
     return _nb, _nb_native, _nb_simd, _nb_lanes
+
+
+def _load_kernels():
+    """The numba kernel modules, or Nones without numba (everything stays exact, only slower);
+    the disk-cache fallback is :func:`qcompile.numerics._numba.load_kernels`'s."""
+    return load_kernels(_import_kernels) or (None, None, None, None)
 
 
 _nb, _nb_native, _nb_simd, _nb_lanes = _load_kernels()

@@ -41,6 +41,14 @@ def detect_cpu(cpuinfo: str | None = None, machine: str | None = None) -> str:
     return "generic"
 
 
+def pair_saturates(cpu: str, activations: str, weights: str, reduce_range: bool) -> bool:
+    """Whether ONNX Runtime's kernels for a layer may saturate int16 pairs (``vpmaddubsw``: the
+    u8 x s8 products summed in adjacent pairs, each pair saturated to int16) on ``cpu``: uint8
+    activations x int8 weights without reduce_range on an x86 CPU without VNNI."""
+    return (cpu == "avx2" and activations == "uint8" and weights == "int8"
+            and not reduce_range)
+
+
 def int8_defaults(cpu: str) -> dict[str, object]:
     """``quantize`` options that make ONNX Runtime's CPU EP fast on ``cpu``."""
     if cpu not in CPU_KINDS:
