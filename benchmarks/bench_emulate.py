@@ -223,32 +223,17 @@ TP_FORMATS = [("fp32", dict(format="fp32")), ("bf16", dict(format="bf16")),
 
 
 def _fq_graph(g, spec: str, feeds):
-    """``g`` with every Conv/Gemm's weights and input in ``spec``: the qcompile.FQ ops
-    ``assign{policy=uniform}`` inserts (amax scales: per output channel for weights, per tensor
-    for activations, the activation ranges observed on ``feeds`` in fp32; posits unscaled),
-    the graph a float/posit PTQ study emulates."""
-    from qcompile.ir import RANGE, Range
-    from qcompile.passes._assign_float import float_layers, insert_formats
-    from qcompile.passes.base import Stats
+    """``g`` through ``fold,calibrate{method=minmax},assign{policy=uniform,keep=none}`` with ``spec``
+    for weights and activations, calibrated on ``feeds``: the qcompile.FQ graph a float/posit
+    PTQ study emulates (amax scales per output channel / per tensor; posits unscaled)."""
+    from qcompile.driver.context import ort_executor
+    from qcompile.passes import PassContext, parse_pipeline, run_pipeline
 
-    g = g.clone()
-    layers = float_layers(g)
-    inputs = {n.inputs[0].name for n in layers}
-    seen: dict[str, tuple[float, float]] = {}
-
-    def observe(node, args, outs):
-        for v, a in zip(node.inputs, args):
-            if v is not None and v.name in inputs and a is not None:
-                a = np.asarray(a, np.float64)
-                lo, hi = seen.get(v.name, (np.inf, -np.inf))
-                seen[v.name] = (min(lo, float(a.min())), max(hi, float(a.max())))
-
-    Interpreter(g, make_config(format="fp32"), "fast", listeners=[observe]).run(feeds)
-    for n in layers:
-        lo, hi = seen[n.inputs[0].name]
-        n.inputs[0].meta[RANGE] = Range(lo, hi, "minmax")
-    insert_formats(g, layers, set(), spec, spec, "amax", Stats())
-    return g
+    x = next(iter(feeds.values()))
+    pipe = parse_pipeline(f"fold,calibrate{{method=minmax,images={x.shape[0]}}},"
+                          f"assign{{policy=uniform,weights={spec},activations={spec},keep=none}}")
+    return run_pipeline(g.clone(), pipe, PassContext(calib_data=[x],
+                                                     executor=ort_executor())).graph
 
 
 def _tp_models(which: list[str]):
