@@ -20,7 +20,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from qcompile.backends.mpfr._nb import rnd_n
+from qcompile.backends.mpfr._nb import f2i, i2f, rnd_n
+
+SIGN = np.int64(-0x8000000000000000)
+INF = np.inf
 
 
 @njit(cache=True)
@@ -112,3 +115,89 @@ def affine4(x, m, d, k, c, out, pm, qb, maxf, ovp, ovn, exip, exin):
             t = rnd_n(t / dv, pm, qb, maxf, ovp, ovn, exip, exin)
             t = rnd_n(t * kv, pm, qb, maxf, ovp, ovn, exip, exin)
             o[i] = rnd_n(t + cv, pm, qb, maxf, ovp, ovn, exip, exin)
+
+
+# ---- split kernels: the same values with a third of the operations, where no step can overflow
+
+@njit(inline="always", cache=True)
+def _split(v, K):
+    """RN_p(v) at the unbounded exponent by Veltkamp's splitting, ``c = v*K`` with
+    ``K = 2**(53-p) + 1``, ``c - (c - v)`` (binary64 round to nearest even gives the nearest
+    p-bit value, ties to even; needs |v*K| finite and |v| >= 2**-1022)."""
+    c = v * K
+    return c - (c - v)
+
+
+@njit(inline="always", cache=True)
+def _rprod(v, K, C, thr):
+    """v rounded into the format with gradual underflow, no overflow: |v| < thr = 2**emin at
+    the fixed quantum 2**qmin by ``(v + C) - C`` (C = 1.5 * 2**(qmin + 52), the sign put back
+    so that -0 stays -0), else ``_split``."""
+    s = i2f(f2i((v + C) - C) | (f2i(v) & SIGN))
+    h = _split(v, K)
+    return s if abs(v) < thr else h
+
+
+@njit(cache=True)
+def _stap(acc, x, off, wv, n, K, C, thr):
+    """One tap over the lanes: acc = round(acc + round(wv * x)); the sum needs no underflow
+    case (a sum of two format values below 2**emin is exact, and ``_split`` keeps it)."""
+    xs = x[off:]
+    for p in range(n):
+        acc[p] = _split(acc[p] + _rprod(wv * xs[p], K, C, thr), K)
+
+
+@njit(parallel=True, cache=True)
+def conv2d_split(xp, Wq, offs, w, out, bias, group, K, C, thr, pm, qb, maxf, ovp, ovn, exip,
+                 exin):
+    """``conv2d``'s values where ``conv_bound`` shows that no rounded product or partial sum
+    exceeds maxf: tap after tap over the lanes (short independent steps keep the vector
+    units busy; the fused nine-tap chain is latency bound), bias added by ``rnd_n``."""
+    N = xp.shape[0]
+    OC, Cg, KH, KW = w.shape
+    OH, OW = out.shape[2], out.shape[3]
+    n = OH * Wq
+    ocg = OC // group
+    for job in prange(N * OC):
+        b = job // OC
+        oc = job % OC
+        g = oc // ocg
+        acc = np.zeros(n)
+        for c in range(Cg):
+            xr = xp[b, g * Cg + c]
+            for t in range(KH * KW):
+                _stap(acc, xr, offs[t], w[oc, c, t // KW, t % KW], n, K, C, thr)
+        o = out[b, oc]
+        has_b = bias.size > 0
+        for oy in range(OH):
+            for ox in range(OW):
+                v = acc[oy * Wq + ox]
+                if has_b:
+                    v = rnd_n(v + bias[oc], pm, qb, maxf, ovp, ovn, exip, exin)
+                o[oy, ox] = v
+
+
+@njit(parallel=True, cache=True)
+def conv_bound(X, w, group, pm, qb):
+    """max over output channels of A_K, where A_k = R(A_(k-1) + R(|w_k| * X_c(k))) in the
+    kernel's order, R the format's rounding at the unbounded exponent and X_c >= |x| over
+    channel c.  R is monotone and odd, so every rounded product and partial sum of the conv
+    is at most A_K in magnitude (NaN when X holds one)."""
+    OC, Cg, KH, KW = w.shape
+    ocg = OC // group
+    A = np.zeros(OC)
+    for oc in prange(OC):
+        g = oc // ocg
+        a = 0.0
+        for c in range(Cg):
+            xv = X[g * Cg + c]
+            for ky in range(KH):
+                for kx in range(KW):
+                    ph = rnd_n(abs(w[oc, c, ky, kx]) * xv, pm, qb, INF, INF, -INF, INF, -INF)
+                    a = rnd_n(a + ph, pm, qb, INF, INF, -INF, INF, -INF)
+        A[oc] = a
+    m = 0.0
+    for oc in range(OC):
+        if not A[oc] <= m:  # NaN propagates
+            m = A[oc]
+    return m

@@ -94,8 +94,10 @@ class FastArith:
         if self.nb is not None and _nb_lanes is not None and accumulate == "sequential":
             f = self.nb[1]
             self.gen = fast_lanes.general_params(fmt, mode, self.plan, f[1:3], f[3:5])
+        self.split = (fast_lanes.split_params(fmt, self.plan)
+                      if self.nb is not None and self.nb[1][5] < 0 else None)
         self.kernel_stats = {"numba": 0, "numpy": 0, "flagged_planes": 0, "native": 0,
-                             "lanes": 0}
+                             "lanes": 0, "split": 0}
 
     # ------------------------------------------------------------------ element-wise
     def _nat(self, op, *args):
@@ -218,6 +220,9 @@ class FastArith:
             lambda: self.conv2d(x, np.zeros((8, 8, 1, 1)), z, (1, 1), (0, 0, 0, 0), (1, 1), 1),
             lambda: self.conv2d(x, np.zeros((8, 1, 1, 1)), z, (1, 1), (0, 0, 0, 0), (1, 1), 8),
             lambda: self.conv2d(x, np.zeros((8, 8, 3, 3)), z, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+            # an infinite input: the conv2d that checks every step (conv2d_split needs bounds)
+            lambda: self.conv2d(x + np.inf, np.zeros((8, 8, 3, 3)), z, (1, 1), (1, 1, 1, 1),
+                                (1, 1), 1),
             lambda: self.gemm(np.zeros((1, 2)), np.zeros((2, 2)), np.zeros(2)),
             lambda: self.affine4(x, *(z.reshape(1, 8, 1, 1),) * 4),
         ]
@@ -225,7 +230,7 @@ class FastArith:
             step()
             if progress is not None:
                 progress(i + 1, len(steps))
-        self.kernel_stats.update(numba=0, numpy=0, flagged_planes=0, native=0, lanes=0)
+        self.kernel_stats.update(numba=0, numpy=0, flagged_planes=0, native=0, lanes=0, split=0)
 
     # ------------------------------------------------------------------ conv
     def conv2d(self, x, w, b, strides, pads, dilations, group):
@@ -299,6 +304,12 @@ class FastArith:
             return out.astype(_F64, copy=False)
         ints, flts, _ = self.nb
         self.kernel_stats["numba"] += 1
+        if self.split is not None and fast_lanes.split_ok(_nb_simd, x, wc, group, ints[0],
+                                                          ints[1], flts[0]):
+            self.kernel_stats["split"] += 1
+            _nb_simd.conv2d_split(xp, Wq, offs, wc, out, bias, group, *self.split, ints[0],
+                                  ints[1], *flts[:5])
+            return out
         _nb_simd.conv2d(xp, Wq, offs, wc, out, bias, group, ints[0], ints[1], *flts[:5])
         return out
 

@@ -69,6 +69,29 @@ def general_params(fmt, mode, plan, ovf, exi):
     return ints, flts
 
 
+def split_params(fmt, plan):
+    """(K, C, thr) of ``_nb_simd.conv2d_split`` for a format of the check-free round-to-nearest
+    loop (gradual underflow, exact products, finite max), or None: K = 2**(53-p) + 1 for
+    Veltkamp's splitting (2 <= p; |maxf * K| and 2**emin inside binary64's normal range),
+    C = 1.5 * 2**(qmin+52) and thr = 2**emin for the fixed quantum below 2**emin."""
+    p, q = fmt.p, fmt.qmin_exp
+    if p < 2 or p > 26 or q is None or plan.maxf is None:
+        return None
+    emin = q + p - 1
+    if emin < -1000 or math.log2(plan.maxf) + 54 - p > 1020:
+        return None
+    return (math.ldexp(1.0, 53 - p) + 1.0, 1.5 * math.ldexp(1.0, q + 52), math.ldexp(1.0, emin))
+
+
+def split_ok(nbs, x, w, group, pm, qb, maxf):
+    """No rounded product or partial sum of this conv can exceed maxf (``conv_bound`` on the
+    per-channel max |x|; false for NaN/inf inputs), so ``conv2d_split`` gives its values."""
+    if x.size == 0:
+        return False
+    X = np.abs(x).max(axis=(0, 2, 3))
+    return bool(nbs.conv_bound(np.ascontiguousarray(X, _F64), w, group, pm, qb) <= maxf)
+
+
 def conv_general(nbl, params, x, w, b, s, pads, dilations, group, OH, OW):
     """Conv by ``_nb_lanes`` (x, w, b float64 values of the format; equal strides s, finite
     weights; operands range-checked for unbounded formats)."""
