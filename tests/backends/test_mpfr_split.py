@@ -27,29 +27,62 @@ FORMATS = ["b15e4", "bf16", "fp16", "e4m3", "e5m2", "p=2,emin=-3,emax=4",
 
 @njit(cache=False)
 def _both(v, K, C, thr, pm, qb):
-    a = np.empty_like(v)
-    b = np.empty_like(v)
+    """(the split rounding in v's lane type, ``rnd_n`` in binary64) of every element."""
+    a = np.empty(v.size)
+    b = np.empty(v.size)
     for i in range(v.size):
         a[i] = _nb_simd._rprod(v[i], K, C, thr)
-        b[i] = rnd_n(v[i], pm, qb, np.inf, np.inf, -np.inf, np.inf, -np.inf)
+        b[i] = rnd_n(np.float64(v[i]), pm, qb, np.inf, np.inf, -np.inf, np.inf, -np.inf)
     return a, b
 
 
+@pytest.mark.parametrize("binary32", [False, True])
 @pytest.mark.parametrize("p", [2, 3, 4, 5, 8, 11, 15, 16, 24, 26])
-def test_split_rounding_is_round_to_nearest_even(p):
+def test_split_rounding_is_round_to_nearest_even(p, binary32):
     """m * 2**e with m of p+1..p+3 bits: every tie and near-tie of p bits, across the normal
-    and the subnormal range of a format with emin = -14, both signs."""
+    and the subnormal range of a format with emin = -14, both signs; binary64 lanes, and
+    binary32 lanes where ``split_params`` chooses them (p <= 11)."""
     fmt = parse_format(f"p={p},emin=-14,emax=15")
     F = FastEngine(cfg(f"p={p},emin=-14,emax=15"))
-    K, C, thr = fast_lanes.split_params(fmt, F.A.plan)
+    dt, K, C, thr = fast_lanes.split_params(fmt, F.A.plan, binary32)[0][:4]
+    assert dt == (np.float32 if binary32 and p <= 11 else np.float64)
     rng = np.random.default_rng(p)
     m = rng.integers(1, 2 ** (p + 3), 400_000).astype(np.float64)
     e = rng.integers(-14 - p - 6, 14, m.size).astype(np.float64)
     v = m * np.exp2(e) * rng.choice([-1.0, 1.0], m.size)
-    v = np.concatenate([v, [0.0, -0.0, thr, -thr, np.nextafter(thr, 0), -np.nextafter(thr, 0)]])
-    got, want = _both(v, K, C, thr, F.A.plan.pm, F.A.plan.qmin_bits)
+    t = float(thr)
+    v = np.concatenate([v, [0.0, -0.0, t, -t, np.nextafter(t, 0), -np.nextafter(t, 0)]])
+    if dt == np.float32:
+        v = v[(v.astype(dt) == v)]  # nextafter(thr) is not a binary32 value
+    got, want = _both(v.astype(dt), K, C, thr, F.A.plan.pm, F.A.plan.qmin_bits)
     bad = ~same_bits(got, want)
     assert not bad.any(), f"p={p}: {int(bad.sum())} differ, e.g. {v[bad][:3]}"
+
+
+@pytest.mark.parametrize("fmt, lanes", [("fp16", "f4, f8"), ("b15e4", "f4, f8"),
+                                        ("e4m3", "f4, f8"), ("e5m2", "f4, f8"),
+                                        ("bf16", "f4 lo, f8"), ("p=12,emin=-14,emax=15", "f8"),
+                                        ("p=26,emin=-20,emax=20", "f8")])
+def test_split_lane_types(fmt, lanes):
+    """binary32 lanes exactly where their products and double-rounded sums are exact (bf16:
+    only while no product falls below 2**-126; p = 12: 24 < 2p + 1), binary64 after them."""
+    got = [("f4" if c[0] is np.float32 else "f8") + (" lo" if c[5] else "")
+           for c in FastEngine(cfg(fmt)).A.split]
+    assert ", ".join(got) == lanes
+
+
+def test_bf16_products_below_binary32_normals_take_binary64_lanes():
+    """bf16 products under 2**-126 would be rounded by binary32 first: those convs go to the
+    binary64 lanes (still split), the others to binary32; both give the reference's bits."""
+    rng = np.random.default_rng(5)
+    w = rand(rng, (4, 8, 3, 3), spread=1) / 8
+    for scale, lanes in ((1.0, np.float32), (2.0 ** -120, np.float64)):
+        x = rand(rng, (1, 8, 6, 7), spread=2) * scale
+        stats = _check("Conv", cfg("bf16"), [x, w, None], dict(pads=(1, 1, 1, 1)))
+        assert stats["split"] == 1
+        A = FastEngine(cfg("bf16")).A
+        sp, chans = fast_lanes.split_choice(_nb_simd, A.split, A.round(x), w, 1)
+        assert sp[0] == lanes and chans is None
 
 
 @SETTINGS
@@ -62,7 +95,8 @@ def test_split_conv_matches_reference(fmt, seed, k, stride, pad, group, bias, ti
     fixed-quantum branch rounds them) take the split kernel and give the reference's bits."""
     rng = np.random.default_rng(seed)
     f = parse_format(fmt)
-    scale = 2.0 ** (f.emin + 1) if tiny else 1.0
+    top = float(f.max_finite_exact)  # in range: sums of 72 taps stay below max (p=2: 12)
+    scale = (2.0 ** (f.emin + 1) if tiny else 1.0) * min(1.0, 2.0 ** np.floor(np.log2(top / 256)))
     x = rand(rng, (2, 8, 6, 7), spread=2) * scale
     if relu:
         x[x < 0] = 0.0
@@ -98,21 +132,82 @@ def test_bound_keeps_overflowing_convs_on_the_checked_kernel(fmt):
     xp, Wq, offs = fast_lanes.phase_planes(xs, 3, 3, 1, (0, 0, 0, 0), (1, 1), 1, 1, np.float64)
     out = np.empty((1, 1, 1, 1))
     ints, flts, _ = A.nb
-    _nb_simd.conv2d_split(xp, Wq, offs, ws, out, np.zeros(0), 1, *A.split, ints[0], ints[1],
-                          *flts[:5])
+    lt, K, C, thr = A.split[0][:4]
+    _nb_simd.conv2d_split(xp.astype(lt), Wq, offs, ws.astype(lt), out, np.zeros(0), 1,
+                          K, C, thr, ints[0], ints[1], *flts[:5])
     assert not same_bits(out, want).all()
 
 
 def test_bound_is_exact_at_the_edge():
-    """e4m3: the bound of x = 448/9 summed over nine unit taps is the rounded running sum;
-    at maxf it still takes the split kernel, one step more and it does not."""
+    """e4m3: the bound is the rounded running sum (nine unit taps of 48 end at 448 = maxf:
+    still split; of 64, above: not)."""
     f = parse_format("e4m3")
     A = FastEngine(cfg("e4m3")).A
-    ints = A.nb[0]
     w = np.ones((1, 1, 3, 3))
+    assert float(f.max_finite_exact) == A.split[0][4] == 448.0
     for X, ok in ((32.0, True), (48.0, True), (64.0, False)):  # 9*48 = 432 -> 448 (p=4)
-        got = fast_lanes.split_ok(_nb_simd, np.full((1, 1, 3, 3), X), w, 1, ints[0], ints[1],
-                                  float(f.max_finite_exact))
-        assert got is ok, X
-    assert not fast_lanes.split_ok(_nb_simd, np.full((1, 1, 3, 3), np.nan), w, 1, ints[0],
-                                   ints[1], 448.0)
+        got = fast_lanes.split_choice(_nb_simd, A.split, np.full((1, 1, 3, 3), X), w, 1)
+        assert (got[0] is not None) is ok, X
+    assert fast_lanes.split_choice(_nb_simd, A.split, np.full((1, 1, 3, 3), np.nan), w,
+                                   1) == (None, None)
+
+
+def _bound_reference(X, w, group, pm, qb):
+    """conv_bound's definition, one output channel at a time with ``rnd_n`` (no overflow)."""
+    OC, Cg, KH, KW = w.shape
+    out = np.zeros(OC)
+    inf = np.inf
+    for oc in range(OC):
+        a = 0.0
+        for c in range(Cg):
+            xv = X[(oc // (OC // group)) * Cg + c]
+            for v in np.abs(w[oc, c]).reshape(-1):
+                ph = rnd_n(v * xv, pm, qb, inf, inf, -inf, inf, -inf)
+                a = rnd_n(a + ph, pm, qb, inf, inf, -inf, inf, -inf)
+        out[oc] = a
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["b15e4", "bf16", "e4m3", "p=2,emin=-3,emax=4", "p=26,emin=-20,emax=20"])
+@pytest.mark.parametrize("group", [1, 4])
+def test_conv_bound_is_the_rounded_magnitude_sum(fmt, group):
+    """The vectorised bound equals the sequential simulation with the checked rounding, down
+    in the subnormal range too (X scaled to 2**emin); never finite where that is infinite."""
+    F = FastEngine(cfg(fmt))
+    A = F.A
+    K, C, thr = A.split[-1][1:4]
+    rng = np.random.default_rng(group)
+    for scale in (1.0, float(thr)):
+        X = F.convert(np.abs(rand(rng, (8,), spread=2)) * scale)
+        w = F.convert(rand(rng, (72, 8 // group, 3, 3), spread=2))
+        got = _nb_simd.conv_bound(X, w, group, K, C, thr)
+        want = _bound_reference(X, w, group, A.plan.pm, A.plan.qmin_bits)
+        fin = np.isfinite(want)  # an infinite weight (p=2): inf there, NaN or inf here
+        assert same_bits(got[fin], want[fin]).all() and not np.isfinite(got[~fin]).any()
+
+
+@pytest.mark.parametrize("mode", ["nearest", "up", "down"])
+def test_infinite_sum_of_a_two_bit_format(mode):
+    """p = 2: the inverse quantum of inf is 2**-(emax_64 - 1) * 2 = 0 in binary64's bits, so
+    the rounding's inf * 0 was NaN where the reference (and IEEE) give inf; the exact-infinity
+    case is now decided after the overflow case, in the lane kernels of every mode."""
+    x = np.ones((1, 1, 3, 3))
+    w = np.full((1, 1, 3, 3), 0.5)
+    b = np.array([np.inf])
+    _check("Conv", cfg("p=2,emin=-3,emax=4", mode), [x, w, b], dict(pads=(1, 1, 1, 1)))
+
+
+def test_channels_whose_bound_passes_are_split_the_others_checked():
+    """One output channel whose partial sums overflow on the way, three in range: the three
+    take the split kernel, the fourth the checked one; together the reference's bits."""
+    x, w1 = _overflowing("e4m3")
+    x = np.concatenate([x, x / 64], axis=1)  # 2 input channels; w for channel 1: small
+    w = np.zeros((4, 2, 3, 3))
+    w[0, 0] = w1[0, 0]  # overflowing: 224 * (+6 taps, -3 taps)
+    w[1:, 1] = np.linspace(-1, 1, 27).reshape(3, 3, 3)
+    b = np.array([0.0, 1.0, -2.0, 0.5])
+    A = FastEngine(cfg("e4m3")).A
+    sp, chans = fast_lanes.split_choice(_nb_simd, A.split, A.round(x), A.round(w), 1)
+    assert sp is not None and chans.tolist() == [False, True, True, True]
+    stats = _check("Conv", cfg("e4m3"), [x, w, b], dict(pads=(1, 1, 1, 1)))
+    assert stats["split"] == 1

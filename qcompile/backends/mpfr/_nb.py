@@ -99,8 +99,8 @@ def _rnd_n(v, pm, qmin_bits, maxf, ovp, ovn, exip, exin):
     r = _i2f(_f2i(rn * _i2f(qb)) | (b & SIGN))
     if abs(r) > maxf:
         r = ovn if neg else ovp
-        if a == INF:
-            r = exin if neg else exip
+    if a == INF:  # not nested: for p = 2, inf * 2**-q is inf * 0 = NaN above
+        r = exin if neg else exip
     return r
 
 

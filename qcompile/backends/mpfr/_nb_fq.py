@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from numba import njit, prange
 
 from qcompile.backends.mpfr._nb import f2i as _f2i
 from qcompile.backends.mpfr._nb import i2f as _i2f
 from qcompile.backends.mpfr._nb import rnd as _rnd
-
 
 _BLK = 2048
 

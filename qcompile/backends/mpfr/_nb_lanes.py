@@ -72,8 +72,8 @@ def rnd(v, MODE, UF, pm, qmin, maxf, ovp, ovn, exip, exin, mn, thrp, thrn):
     r = i2f(f2i(rm * i2f(qb)) | (b & SIGN))
     if abs(r) > maxf:
         r = ovn if b < 0 else ovp
-        if abs(v) == INF:
-            r = exin if b < 0 else exip
+    if abs(v) == INF:  # not nested: for p = 2, inf * 2**-q is inf * 0 = NaN above
+        r = exin if b < 0 else exip
     if UF:
         if abs(r) < mn and v != 0.0:
             u = mn if abs(v) > (thrn if b < 0 else thrp) else 0.0

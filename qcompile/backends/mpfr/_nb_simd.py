@@ -17,12 +17,13 @@ taps of a 3x3 kernel are fused per lane in (ky, kx) order, and input channels fo
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
-from qcompile.backends.mpfr._nb import f2i, i2f, rnd_n
+from qcompile.backends.mpfr._nb import rnd_n
 
-SIGN = np.int64(-0x8000000000000000)
 INF = np.inf
 
 
@@ -117,13 +118,16 @@ def affine4(x, m, d, k, c, out, pm, qb, maxf, ovp, ovn, exip, exin):
             o[i] = rnd_n(t + cv, pm, qb, maxf, ovp, ovn, exip, exin)
 
 
-# ---- split kernels: the same values with a third of the operations, where no step can overflow
+# ---- split kernels: the same values with a third of the operations, where no step can overflow;
+# generic in the lane type: binary64, or binary32 (8 lanes per AVX2 vector) where
+# ``fast_lanes.split_params`` shows that binary32 gives the same values
+
 
 @njit(inline="always", cache=True)
 def _split(v, K):
     """RN_p(v) at the unbounded exponent by Veltkamp's splitting, ``c = v*K`` with
-    ``K = 2**(53-p) + 1``, ``c - (c - v)`` (binary64 round to nearest even gives the nearest
-    p-bit value, ties to even; needs |v*K| finite and |v| >= 2**-1022)."""
+    ``K = 2**(P-p) + 1`` (P = 53 or 24, the lane type's precision), ``c - (c - v)`` (round to
+    nearest even gives the nearest p-bit value, ties to even; needs |v*K| finite, v normal)."""
     c = v * K
     return c - (c - v)
 
@@ -131,9 +135,9 @@ def _split(v, K):
 @njit(inline="always", cache=True)
 def _rprod(v, K, C, thr):
     """v rounded into the format with gradual underflow, no overflow: |v| < thr = 2**emin at
-    the fixed quantum 2**qmin by ``(v + C) - C`` (C = 1.5 * 2**(qmin + 52), the sign put back
-    so that -0 stays -0), else ``_split``."""
-    s = i2f(f2i((v + C) - C) | (f2i(v) & SIGN))
+    the fixed quantum 2**qmin by ``(v + C) - C`` (C = 1.5 * 2**(qmin + P - 1); the sign put
+    back so that -0 stays -0), else ``_split``."""
+    s = math.copysign((v + C) - C, v)
     h = _split(v, K)
     return s if abs(v) < thr else h
 
@@ -152,7 +156,8 @@ def conv2d_split(xp, Wq, offs, w, out, bias, group, K, C, thr, pm, qb, maxf, ovp
                  exin):
     """``conv2d``'s values where ``conv_bound`` shows that no rounded product or partial sum
     exceeds maxf: tap after tap over the lanes (short independent steps keep the vector
-    units busy; the fused nine-tap chain is latency bound), bias added by ``rnd_n``."""
+    units busy; the fused nine-tap chain is latency bound), bias added in binary64 by
+    ``rnd_n``; xp, w, K, C, thr in the lane type, out binary64."""
     N = xp.shape[0]
     OC, Cg, KH, KW = w.shape
     OH, OW = out.shape[2], out.shape[3]
@@ -162,7 +167,7 @@ def conv2d_split(xp, Wq, offs, w, out, bias, group, K, C, thr, pm, qb, maxf, ovp
         b = job // OC
         oc = job % OC
         g = oc // ocg
-        acc = np.zeros(n)
+        acc = np.zeros(n, dtype=xp.dtype)
         for c in range(Cg):
             xr = xp[b, g * Cg + c]
             for t in range(KH * KW):
@@ -171,33 +176,32 @@ def conv2d_split(xp, Wq, offs, w, out, bias, group, K, C, thr, pm, qb, maxf, ovp
         has_b = bias.size > 0
         for oy in range(OH):
             for ox in range(OW):
-                v = acc[oy * Wq + ox]
+                v = np.float64(acc[oy * Wq + ox])
                 if has_b:
                     v = rnd_n(v + bias[oc], pm, qb, maxf, ovp, ovn, exip, exin)
                 o[oy, ox] = v
 
 
 @njit(parallel=True, cache=True)
-def conv_bound(X, w, group, pm, qb):
-    """max over output channels of A_K, where A_k = R(A_(k-1) + R(|w_k| * X_c(k))) in the
-    kernel's order, R the format's rounding at the unbounded exponent and X_c >= |x| over
-    channel c.  R is monotone and odd, so every rounded product and partial sum of the conv
-    is at most A_K in magnitude (NaN when X holds one)."""
+def conv_bound(X, w, group, K, C, thr):
+    """A_K per output channel, where A_k = R(A_(k-1) + R(|w_k| * X_c(k))) in the kernel's
+    order, R the format's rounding at the unbounded exponent (``_rprod``/``_split`` with the
+    binary64 constants: |w| * X is exact, values too large for them give NaN) and X_c >= |x|
+    over channel c.  R is monotone and odd, so every rounded product and partial sum of the
+    conv is at most A_K in magnitude (NaN when X holds one).  Output channels are the inner
+    loop: independent chains, blocks of 64 per thread."""
     OC, Cg, KH, KW = w.shape
     ocg = OC // group
     A = np.zeros(OC)
-    for oc in prange(OC):
-        g = oc // ocg
-        a = 0.0
+    nblk = (OC + 63) // 64
+    for blk in prange(nblk):
+        lo = blk * 64
+        hi = min(OC, lo + 64)
         for c in range(Cg):
-            xv = X[g * Cg + c]
             for ky in range(KH):
                 for kx in range(KW):
-                    ph = rnd_n(abs(w[oc, c, ky, kx]) * xv, pm, qb, INF, INF, -INF, INF, -INF)
-                    a = rnd_n(a + ph, pm, qb, INF, INF, -INF, INF, -INF)
-        A[oc] = a
-    m = 0.0
-    for oc in range(OC):
-        if not A[oc] <= m:  # NaN propagates
-            m = A[oc]
-    return m
+                    for oc in range(lo, hi):
+                        xv = X[(oc // ocg) * Cg + c]
+                        ph = _rprod(abs(w[oc, c, ky, kx]) * xv, K, C, thr)
+                        A[oc] = _split(A[oc] + ph, K)
+    return A

@@ -95,7 +95,7 @@ class FastArith:
             f = self.nb[1]
             self.gen = fast_lanes.general_params(fmt, mode, self.plan, f[1:3], f[3:5])
         self.split = (fast_lanes.split_params(fmt, self.plan)
-                      if self.nb is not None and self.nb[1][5] < 0 else None)
+                      if self.nb is not None and self.nb[1][5] < 0 else [])
         self.kernel_stats = {"numba": 0, "numpy": 0, "flagged_planes": 0, "native": 0,
                              "lanes": 0, "split": 0}
 
@@ -304,13 +304,11 @@ class FastArith:
             return out.astype(_F64, copy=False)
         ints, flts, _ = self.nb
         self.kernel_stats["numba"] += 1
-        if self.split is not None and fast_lanes.split_ok(_nb_simd, x, wc, group, ints[0],
-                                                          ints[1], flts[0]):
+        sp, chans = fast_lanes.split_choice(_nb_simd, self.split, x, wc, group)
+        if sp is not None:
             self.kernel_stats["split"] += 1
-            _nb_simd.conv2d_split(xp, Wq, offs, wc, out, bias, group, *self.split, ints[0],
-                                  ints[1], *flts[:5])
-            return out
-        _nb_simd.conv2d(xp, Wq, offs, wc, out, bias, group, ints[0], ints[1], *flts[:5])
+        fast_lanes.conv_rn(_nb_simd, sp, chans, xp, Wq, offs, wc, out, bias, group,
+                           (ints[0], ints[1], *flts[:5]))
         return out
 
     def _lanes_ok(self, strides, w):

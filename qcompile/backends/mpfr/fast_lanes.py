@@ -69,27 +69,90 @@ def general_params(fmt, mode, plan, ovf, exi):
     return ints, flts
 
 
-def split_params(fmt, plan):
-    """(K, C, thr) of ``_nb_simd.conv2d_split`` for a format of the check-free round-to-nearest
-    loop (gradual underflow, exact products, finite max), or None: K = 2**(53-p) + 1 for
-    Veltkamp's splitting (2 <= p; |maxf * K| and 2**emin inside binary64's normal range),
-    C = 1.5 * 2**(qmin+52) and thr = 2**emin for the fixed quantum below 2**emin."""
+def split_params(fmt, plan, binary32=True):
+    """The lane types ``_nb_simd.conv2d_split`` may use for a format of the check-free
+    round-to-nearest loop (gradual underflow, exact products, finite max), best first: tuples
+    (dtype, K, C, thr, cap, lo) with K = 2**(P-p) + 1 for Veltkamp's splitting (P = 53 or
+    24), C = 1.5 * 2**(qmin + P - 1) and thr = 2**emin for the fixed quantum below 2**emin;
+    ``split_choice`` takes a type only where no rounded value of the conv exceeds cap and no
+    nonzero product is below lo.  binary32 (``binary32=True``) gives binary64's values where
+    p <= 11 (24 >= 2p + 1: the sum's double rounding is innocuous) and 2**emin >= 2**-126,
+    with products exact: 2 qmin >= -149, else (bf16) only where every nonzero product is at
+    least 2**-126 (lo); cap keeps v*K and products below 2**128.  binary64: 2 <= p <= 26,
+    2**emin >= 2**-1000, maxf * K finite (cap = maxf)."""
     p, q = fmt.p, fmt.qmin_exp
     if p < 2 or p > 26 or q is None or plan.maxf is None:
-        return None
+        return []
     emin = q + p - 1
-    if emin < -1000 or math.log2(plan.maxf) + 54 - p > 1020:
-        return None
-    return (math.ldexp(1.0, 53 - p) + 1.0, 1.5 * math.ldexp(1.0, q + 52), math.ldexp(1.0, emin))
+    maxf = plan.maxf
+    out = []
+    if binary32 and p <= 11 and emin >= -126:
+        cap = min(maxf, math.ldexp(1.0, 126 - (25 - p)))
+        lo = 0.0 if 2 * q >= -149 else math.ldexp(1.0, -126)
+        f = np.float32
+        out.append((f, f(math.ldexp(1.0, 24 - p) + 1.0), f(1.5 * math.ldexp(1.0, q + 23)),
+                    f(math.ldexp(1.0, emin)), cap, lo))
+    if emin >= -1000 and math.log2(maxf) + 54 - p <= 1020:
+        out.append((_F64, math.ldexp(1.0, 53 - p) + 1.0, 1.5 * math.ldexp(1.0, q + 52),
+                    math.ldexp(1.0, emin), maxf, 0.0))
+    return out
 
 
-def split_ok(nbs, x, w, group, pm, qb, maxf):
-    """No rounded product or partial sum of this conv can exceed maxf (``conv_bound`` on the
-    per-channel max |x|; false for NaN/inf inputs), so ``conv2d_split`` gives its values."""
-    if x.size == 0:
-        return False
-    X = np.abs(x).max(axis=(0, 2, 3))
-    return bool(nbs.conv_bound(np.ascontiguousarray(X, _F64), w, group, pm, qb) <= maxf)
+def _min_nonzero(a):
+    m = np.abs(a)
+    m = m[m > 0]
+    return float(m.min()) if m.size else math.inf
+
+
+def split_choice(nbs, cands, x, w, group):
+    """(lane type, channels): the first of ``split_params``' lane types under which no
+    rounded product or partial sum of this conv exceeds cap (``conv_bound`` on the
+    per-channel max |x|; never for NaN/inf inputs) and no nonzero product is below lo, for
+    every output channel (channels None) or, with one group, for those in the mask channels;
+    (None, None) where none applies."""
+    if not cands or x.size == 0:
+        return None, None
+    K, C, thr = cands[-1][1:4]  # binary64's constants (always last)
+    A = nbs.conv_bound(np.ascontiguousarray(np.abs(x).max(axis=(0, 2, 3)), _F64), w, group,
+                       K, C, thr)
+    small = None
+    part = (None, None)
+    for c in cands:
+        if c[5] > 0.0:
+            if small is None:  # exact: a product of two format values (p <= 26)
+                small = _min_nonzero(x) * _min_nonzero(w)
+            if small < c[5]:
+                continue
+        ok = A <= c[4]  # NaN: never
+        if ok.all():
+            return c, None
+        if group == 1 and ok.any() and part[0] is None:
+            part = (c, ok)
+    return part
+
+
+def conv_rn(nbs, sp, chans, xp, Wq, offs, w, out, bias, group, fmt_args):
+    """The round-to-nearest lane conv into out: ``conv2d_split`` in lane type sp[0] on all
+    output channels (chans None) or on those of the mask chans (``conv2d`` on the others),
+    ``conv2d`` alone where sp is None; fmt_args: (pm, qb, maxf, ovp, ovn, exip, exin)."""
+    if sp is None:
+        nbs.conv2d(xp, Wq, offs, w, out, bias, group, *fmt_args)
+        return
+    lt = sp[0]  # exact casts: format values
+    if chans is None:
+        nbs.conv2d_split(xp.astype(lt, copy=False), Wq, offs, w.astype(lt), out, bias, group,
+                         *sp[1:4], *fmt_args)
+        return
+    for sel, split in ((np.flatnonzero(chans), True), (np.flatnonzero(~chans), False)):
+        o = np.empty((out.shape[0], sel.size) + out.shape[2:], _F64)
+        ws = np.ascontiguousarray(w[sel])
+        bs = bias[sel] if bias.size else bias
+        if split:
+            nbs.conv2d_split(xp.astype(lt, copy=False), Wq, offs, ws.astype(lt), o, bs, 1,
+                             *sp[1:4], *fmt_args)
+        else:
+            nbs.conv2d(xp, Wq, offs, ws, o, bs, 1, *fmt_args)
+        out[:, sel] = o
 
 
 def conv_general(nbl, params, x, w, b, s, pads, dilations, group, OH, OW):
