@@ -81,8 +81,8 @@ def test_bf16_products_below_binary32_normals_take_binary64_lanes():
         stats = _check("Conv", cfg("bf16"), [x, w, None], dict(pads=(1, 1, 1, 1)))
         assert stats["split"] == 1
         A = FastEngine(cfg("bf16")).A
-        sp, chans = fast_lanes.split_choice(_nb_simd, A.split, A.round(x), w, 1)
-        assert sp[0] == lanes and chans is None
+        sp, checked = fast_lanes.split_choice(_nb_simd, A.split, A.round(x), w, 1)
+        assert sp[0] == lanes and not checked
 
 
 @SETTINGS
@@ -119,12 +119,13 @@ def _overflowing(fmt):
 
 
 @pytest.mark.parametrize("fmt", ["e4m3", "b15e4", "bf16"])
-def test_bound_keeps_overflowing_convs_on_the_checked_kernel(fmt):
-    """Where a step overflows, the bound sends the conv to the checked kernel (result = the
-    reference), and the split kernel, forced, would differ: the guard is what makes it exact."""
+def test_overflowing_sums_are_redone_by_the_checked_kernel(fmt):
+    """Where a partial sum overflows, the watched split kernel marks the job and the checked
+    kernel redoes it (result = the reference); the split kernel unwatched would differ: the
+    guard is what makes it exact."""
     x, w = _overflowing(fmt)
     stats = _check("Conv", cfg(fmt), [x, w, None], dict(pads=(0, 0, 0, 0)))
-    assert stats["split"] == 0 and stats["lanes"] == 0 and stats["numba"] == 1
+    assert stats["split"] == 1 and stats["split_redone"] == 1
     F, R = FastEngine(cfg(fmt)), RefEngine(cfg(fmt))
     xs, ws = F.convert(x), F.convert(w)
     want = R.to_numpy(REF._rules[("", "Conv")](R, R.from_numpy(xs), R.from_numpy(ws))[0])
@@ -140,16 +141,17 @@ def test_bound_keeps_overflowing_convs_on_the_checked_kernel(fmt):
 
 def test_bound_is_exact_at_the_edge():
     """e4m3: the bound is the rounded running sum (nine unit taps of 48 end at 448 = maxf:
-    still split; of 64, above: not)."""
+    split unwatched; of 64, above: the sums watched; products above maxf: not split)."""
     f = parse_format("e4m3")
     A = FastEngine(cfg("e4m3")).A
     w = np.ones((1, 1, 3, 3))
     assert float(f.max_finite_exact) == A.split[0][4] == 448.0
-    for X, ok in ((32.0, True), (48.0, True), (64.0, False)):  # 9*48 = 432 -> 448 (p=4)
-        got = fast_lanes.split_choice(_nb_simd, A.split, np.full((1, 1, 3, 3), X), w, 1)
-        assert (got[0] is not None) is ok, X
+    # 9*48 = 432 -> 448 (p=4): unwatched; 64: the sums watched; 512: products beyond 448
+    for X, want in ((32.0, False), (48.0, False), (64.0, True), (512.0, None)):
+        sp, checked = fast_lanes.split_choice(_nb_simd, A.split, np.full((1, 1, 3, 3), X), w, 1)
+        assert (None if sp is None else checked) is want, X
     assert fast_lanes.split_choice(_nb_simd, A.split, np.full((1, 1, 3, 3), np.nan), w,
-                                   1) == (None, None)
+                                   1) == (None, False)
 
 
 def _bound_reference(X, w, group, pm, qb):
@@ -197,17 +199,26 @@ def test_infinite_sum_of_a_two_bit_format(mode):
     _check("Conv", cfg("p=2,emin=-3,emax=4", mode), [x, w, b], dict(pads=(1, 1, 1, 1)))
 
 
-def test_channels_whose_bound_passes_are_split_the_others_checked():
-    """One output channel whose partial sums overflow on the way, three in range: the three
-    take the split kernel, the fourth the checked one; together the reference's bits."""
-    x, w1 = _overflowing("e4m3")
-    x = np.concatenate([x, x / 64], axis=1)  # 2 input channels; w for channel 1: small
+def test_only_the_jobs_whose_sums_overflow_are_redone():
+    """Two images x four channels, one channel of one image overflowing on the way (the
+    static bound fails for the whole conv, products stay in range): one job redone, the
+    others kept from the split kernel, together the reference's bits; a conv whose bound
+    fails but whose sums stay in range redoes nothing."""
+    x1, w1 = _overflowing("e4m3")
+    x = np.concatenate([x1, x1 / 64], axis=1)  # input channel 1: small
+    x = np.concatenate([x, x / 4], axis=0)  # image 1: nothing overflows
     w = np.zeros((4, 2, 3, 3))
-    w[0, 0] = w1[0, 0]  # overflowing: 224 * (+6 taps, -3 taps)
+    w[0, 0] = w1[0, 0]  # overflowing in image 0: 224 * (+6 taps, -3 taps)
     w[1:, 1] = np.linspace(-1, 1, 27).reshape(3, 3, 3)
     b = np.array([0.0, 1.0, -2.0, 0.5])
     A = FastEngine(cfg("e4m3")).A
-    sp, chans = fast_lanes.split_choice(_nb_simd, A.split, A.round(x), A.round(w), 1)
-    assert sp is not None and chans.tolist() == [False, True, True, True]
+    sp, checked = fast_lanes.split_choice(_nb_simd, A.split, A.round(x), A.round(w), 1)
+    assert sp is not None and checked
     stats = _check("Conv", cfg("e4m3"), [x, w, b], dict(pads=(1, 1, 1, 1)))
-    assert stats["split"] == 1
+    assert stats["split"] == 1 and stats["split_redone"] == 1
+    w2 = w.copy()  # alternating signs: partial sums 112, 0, 112, ... but the bound is 9 * 112
+    w2[0, 0] = 0.5 * np.array([[1, -1, 1], [-1, 1, -1], [1, -1, 1]])
+    sp, checked = fast_lanes.split_choice(_nb_simd, A.split, A.round(x), A.round(w2), 1)
+    assert sp is not None and checked
+    stats = _check("Conv", cfg("e4m3"), [x, w2, b], dict(pads=(1, 1, 1, 1)))
+    assert stats["split"] == 1 and stats["split_redone"] == 0

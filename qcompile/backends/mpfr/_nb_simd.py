@@ -182,6 +182,54 @@ def conv2d_split(xp, Wq, offs, w, out, bias, group, K, C, thr, pm, qb, maxf, ovp
                 o[oy, ox] = v
 
 
+@njit(cache=True)
+def _stap_chk(acc, mx, x, off, wv, n, K, C, thr):
+    """``_stap`` keeping each lane's largest |partial sum| in mx (NaN sticks)."""
+    xs = x[off:]
+    for p in range(n):
+        a = _split(acc[p] + _rprod(wv * xs[p], K, C, thr), K)
+        acc[p] = a
+        m = abs(a)
+        o = mx[p]
+        mx[p] = o if m <= o else m  # a select, not a branch: stays vectorised
+
+
+@njit(parallel=True, cache=True)
+def conv2d_split_chk(xp, Wq, offs, w, out, bias, group, K, C, thr, cap, bad, pm, qb, maxf,
+                     ovp, ovn, exip, exin):
+    """``conv2d_split`` for convs whose products are bounded by cap but whose partial sums
+    are not: each lane's largest |partial sum| is kept, and a job (image, output channel)
+    where one exceeds cap (or is NaN) is marked in bad[image, channel] for the caller to
+    redo with the checked kernel (before it, every step was exact: a sum beyond cap is the
+    first step that may differ)."""
+    N = xp.shape[0]
+    OC, Cg, KH, KW = w.shape
+    OH, OW = out.shape[2], out.shape[3]
+    n = OH * Wq
+    ocg = OC // group
+    for job in prange(N * OC):
+        b = job // OC
+        oc = job % OC
+        g = oc // ocg
+        acc = np.zeros(n, dtype=xp.dtype)
+        mx = np.zeros(n, dtype=xp.dtype)
+        for c in range(Cg):
+            xr = xp[b, g * Cg + c]
+            for t in range(KH * KW):
+                _stap_chk(acc, mx, xr, offs[t], w[oc, c, t // KW, t % KW], n, K, C, thr)
+        o = out[b, oc]
+        has_b = bias.size > 0
+        for oy in range(OH):
+            for ox in range(OW):
+                i = oy * Wq + ox
+                if not mx[i] <= cap:
+                    bad[b, oc] = True
+                v = np.float64(acc[i])
+                if has_b:
+                    v = rnd_n(v + bias[oc], pm, qb, maxf, ovp, ovn, exip, exin)
+                o[oy, ox] = v
+
+
 @njit(parallel=True, cache=True)
 def conv_bound(X, w, group, K, C, thr):
     """A_K per output channel, where A_k = R(A_(k-1) + R(|w_k| * X_c(k))) in the kernel's

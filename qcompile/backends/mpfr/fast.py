@@ -97,7 +97,7 @@ class FastArith:
         self.split = (fast_lanes.split_params(fmt, self.plan)
                       if self.nb is not None and self.nb[1][5] < 0 else [])
         self.kernel_stats = {"numba": 0, "numpy": 0, "flagged_planes": 0, "native": 0,
-                             "lanes": 0, "split": 0}
+                             "lanes": 0, "split": 0, "split_redone": 0}
 
     # ------------------------------------------------------------------ element-wise
     def _nat(self, op, *args):
@@ -220,9 +220,12 @@ class FastArith:
             lambda: self.conv2d(x, np.zeros((8, 8, 1, 1)), z, (1, 1), (0, 0, 0, 0), (1, 1), 1),
             lambda: self.conv2d(x, np.zeros((8, 1, 1, 1)), z, (1, 1), (0, 0, 0, 0), (1, 1), 8),
             lambda: self.conv2d(x, np.zeros((8, 8, 3, 3)), z, (1, 1), (1, 1, 1, 1), (1, 1), 1),
-            # an infinite input: the conv2d that checks every step (conv2d_split needs bounds)
+            # an infinite input: the conv2d that checks every step (conv2d_split needs bounds);
+            # products in range, sums not: the watched split kernel, its jobs redone
             lambda: self.conv2d(x + np.inf, np.zeros((8, 8, 3, 3)), z, (1, 1), (1, 1, 1, 1),
                                 (1, 1), 1),
+            lambda: self.conv2d(x + (self.plan.maxf or 1.0) / 2, np.ones((8, 8, 3, 3)), z,
+                                (1, 1), (1, 1, 1, 1), (1, 1), 1),
             lambda: self.gemm(np.zeros((1, 2)), np.zeros((2, 2)), np.zeros(2)),
             lambda: self.affine4(x, *(z.reshape(1, 8, 1, 1),) * 4),
         ]
@@ -230,7 +233,8 @@ class FastArith:
             step()
             if progress is not None:
                 progress(i + 1, len(steps))
-        self.kernel_stats.update(numba=0, numpy=0, flagged_planes=0, native=0, lanes=0, split=0)
+        self.kernel_stats.update(numba=0, numpy=0, flagged_planes=0, native=0, lanes=0, split=0,
+                                 split_redone=0)
 
     # ------------------------------------------------------------------ conv
     def conv2d(self, x, w, b, strides, pads, dilations, group):
@@ -304,11 +308,12 @@ class FastArith:
             return out.astype(_F64, copy=False)
         ints, flts, _ = self.nb
         self.kernel_stats["numba"] += 1
-        sp, chans = fast_lanes.split_choice(_nb_simd, self.split, x, wc, group)
+        sp, checked = fast_lanes.split_choice(_nb_simd, self.split, x, wc, group)
         if sp is not None:
             self.kernel_stats["split"] += 1
-        fast_lanes.conv_rn(_nb_simd, sp, chans, xp, Wq, offs, wc, out, bias, group,
-                           (ints[0], ints[1], *flts[:5]))
+        self.kernel_stats["split_redone"] += fast_lanes.conv_rn(
+            _nb_simd, sp, checked, xp, Wq, offs, wc, out, bias, group,
+            (ints[0], ints[1], *flts[:5]))
         return out
 
     def _lanes_ok(self, strides, w):

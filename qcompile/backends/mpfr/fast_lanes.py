@@ -105,54 +105,60 @@ def _min_nonzero(a):
 
 
 def split_choice(nbs, cands, x, w, group):
-    """(lane type, channels): the first of ``split_params``' lane types under which no
-    rounded product or partial sum of this conv exceeds cap (``conv_bound`` on the
-    per-channel max |x|; never for NaN/inf inputs) and no nonzero product is below lo, for
-    every output channel (channels None) or, with one group, for those in the mask channels;
-    (None, None) where none applies."""
+    """(lane type, checked): the first of ``split_params``' lane types under which no nonzero
+    product is below lo and either no rounded product or partial sum of this conv can exceed
+    cap (``conv_bound`` on the per-channel max |x|; checked False) or at least no product can
+    (max |w| * max |x| per channel; checked True: ``conv2d_split_chk`` watches the sums);
+    (None, False) where none applies (NaN/inf inputs never pass)."""
     if not cands or x.size == 0:
-        return None, None
+        return None, False
+    X = np.ascontiguousarray(np.abs(x).max(axis=(0, 2, 3)), _F64)
     K, C, thr = cands[-1][1:4]  # binary64's constants (always last)
-    A = nbs.conv_bound(np.ascontiguousarray(np.abs(x).max(axis=(0, 2, 3)), _F64), w, group,
-                       K, C, thr)
+    top = nbs.conv_bound(X, w, group, K, C, thr).max()
+    OC, Cg = w.shape[:2]
+    wmax = np.abs(w).max(axis=(2, 3)).reshape(group, OC // group, Cg)
+    pmax = float((wmax * X.reshape(group, 1, Cg)).max())  # exact products of format values
     small = None
-    part = (None, None)
     for c in cands:
         if c[5] > 0.0:
             if small is None:  # exact: a product of two format values (p <= 26)
                 small = _min_nonzero(x) * _min_nonzero(w)
             if small < c[5]:
                 continue
-        ok = A <= c[4]  # NaN: never
-        if ok.all():
-            return c, None
-        if group == 1 and ok.any() and part[0] is None:
-            part = (c, ok)
-    return part
+        if top <= c[4]:  # NaN: never
+            return c, False
+        if pmax <= c[4]:
+            return c, True
+    return None, False
 
 
-def conv_rn(nbs, sp, chans, xp, Wq, offs, w, out, bias, group, fmt_args):
-    """The round-to-nearest lane conv into out: ``conv2d_split`` in lane type sp[0] on all
-    output channels (chans None) or on those of the mask chans (``conv2d`` on the others),
-    ``conv2d`` alone where sp is None; fmt_args: (pm, qb, maxf, ovp, ovn, exip, exin)."""
+def conv_rn(nbs, sp, checked, xp, Wq, offs, w, out, bias, group, fmt_args):
+    """The round-to-nearest lane conv into out: ``conv2d_split`` in lane type sp[0], or
+    ``conv2d_split_chk`` with the marked (image, channel) jobs redone by ``conv2d`` (those
+    images x channels; every job with more than one group), or ``conv2d`` alone where sp is
+    None; fmt_args: (pm, qb, maxf, ovp, ovn, exip, exin).  Returns the jobs redone."""
     if sp is None:
         nbs.conv2d(xp, Wq, offs, w, out, bias, group, *fmt_args)
-        return
+        return 0
     lt = sp[0]  # exact casts: format values
-    if chans is None:
-        nbs.conv2d_split(xp.astype(lt, copy=False), Wq, offs, w.astype(lt), out, bias, group,
-                         *sp[1:4], *fmt_args)
-        return
-    for sel, split in ((np.flatnonzero(chans), True), (np.flatnonzero(~chans), False)):
-        o = np.empty((out.shape[0], sel.size) + out.shape[2:], _F64)
-        ws = np.ascontiguousarray(w[sel])
-        bs = bias[sel] if bias.size else bias
-        if split:
-            nbs.conv2d_split(xp.astype(lt, copy=False), Wq, offs, ws.astype(lt), o, bs, 1,
-                             *sp[1:4], *fmt_args)
-        else:
-            nbs.conv2d(xp, Wq, offs, ws, o, bs, 1, *fmt_args)
-        out[:, sel] = o
+    xl, wl = xp.astype(lt, copy=False), w.astype(lt)
+    if not checked:
+        nbs.conv2d_split(xl, Wq, offs, wl, out, bias, group, *sp[1:4], *fmt_args)
+        return 0
+    bad = np.zeros(out.shape[:2], np.bool_)
+    nbs.conv2d_split_chk(xl, Wq, offs, wl, out, bias, group, *sp[1:4], lt(sp[4]), bad,
+                         *fmt_args)
+    if not bad.any():
+        return 0
+    if group > 1:
+        nbs.conv2d(xp, Wq, offs, w, out, bias, group, *fmt_args)
+        return int(bad.size)
+    imgs, chans = np.flatnonzero(bad.any(axis=1)), np.flatnonzero(bad.any(axis=0))
+    o = np.empty((imgs.size, chans.size) + out.shape[2:], _F64)
+    nbs.conv2d(np.ascontiguousarray(xp[imgs]), Wq, offs, np.ascontiguousarray(w[chans]), o,
+               bias[chans] if bias.size else bias, 1, *fmt_args)
+    out[np.ix_(imgs, chans)] = o
+    return int(imgs.size * chans.size)
 
 
 def conv_general(nbl, params, x, w, b, s, pads, dilations, group, OH, OW):
