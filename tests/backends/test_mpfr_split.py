@@ -222,3 +222,18 @@ def test_only_the_jobs_whose_sums_overflow_are_redone():
     assert sp is not None and checked
     stats = _check("Conv", cfg("e4m3"), [x, w2, b], dict(pads=(1, 1, 1, 1)))
     assert stats["split"] == 1 and stats["split_redone"] == 0
+
+
+def test_infinite_inputs_raise_no_numpy_warnings():
+    """An infinite activation times a zero weight makes the product bound NaN (never split);
+    that must not reach the user as a RuntimeWarning."""
+    import warnings
+
+    F = FastEngine(cfg("b15e4"))
+    x = np.zeros((1, 2, 4, 4))
+    x[0, 0, 1, 1] = np.inf
+    w = np.zeros((2, 2, 3, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        F.A.conv2d(F.convert(x), w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert F.A.kernel_stats["split"] == 0

@@ -13,6 +13,13 @@ Layout and order as in ``_nb_native``: lanes are output positions of one plane (
 reduction), padded taps are zero products (round to nearest with gradual underflow: acc starts
 at +0 and is never -0, so ``acc + round(w*0)`` is acc; weights are checked finite), the nine
 taps of a 3x3 kernel are fused per lane in (ky, kx) order, and input channels follow in order.
+
+The split kernels (``conv2d_split``, ``conv2d_split_chk``) compute the same values with about a
+third of the operations where no step can overflow (``conv_bound``, or watched per lane): for
+|v| >= 2**emin the format's rounding is RN_p(v), Veltkamp's ``c - (c - v)``; below, the fixed
+quantum ``(v + C) - C``; a sum of two format values below 2**emin is exact (no case needed).
+Their lane type may be binary32 where ``fast_lanes.split_params`` shows it gives the same
+values (8 lanes per AVX2 vector instead of 4).
 """
 
 from __future__ import annotations

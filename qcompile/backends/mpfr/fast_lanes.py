@@ -117,7 +117,8 @@ def split_choice(nbs, cands, x, w, group):
     top = nbs.conv_bound(X, w, group, K, C, thr).max()
     OC, Cg = w.shape[:2]
     wmax = np.abs(w).max(axis=(2, 3)).reshape(group, OC // group, Cg)
-    pmax = float((wmax * X.reshape(group, 1, Cg)).max())  # exact products of format values
+    with np.errstate(invalid="ignore"):  # 0 * inf: NaN, which never passes
+        pmax = float((wmax * X.reshape(group, 1, Cg)).max())  # exact: format values
     small = None
     for c in cands:
         if c[5] > 0.0:
