@@ -239,24 +239,47 @@ def conv2d_split_chk(xp, Wq, offs, w, out, bias, group, K, C, thr, cap, bad, pm,
 
 @njit(parallel=True, cache=True)
 def conv_bound(X, w, group, K, C, thr):
-    """A_K per output channel, where A_k = R(A_(k-1) + R(|w_k| * X_c(k))) in the kernel's
-    order, R the format's rounding at the unbounded exponent (``_rprod``/``_split`` with the
-    binary64 constants: |w| * X is exact, values too large for them give NaN) and X_c >= |x|
-    over channel c.  R is monotone and odd, so every rounded product and partial sum of the
-    conv is at most A_K in magnitude (NaN when X holds one).  Output channels are the inner
-    loop: independent chains, blocks of 64 per thread."""
+    """(A, P) per output channel: A_K, where A_k = R(A_(k-1) + R(|w_k| * X_c(k))) in the
+    kernel's order, and P = max_k R(|w_k| * X_c(k)); R is the format's rounding at the
+    unbounded exponent (``_rprod``/``_split`` with the binary64 constants: |w| * X is exact,
+    values too large for them give NaN) and X_c >= |x| over channel c.  R is monotone and
+    odd, so every rounded partial sum of the conv is at most A in magnitude and every
+    rounded product at most P.  X finite (the caller's check).  Output channels are the
+    vector lanes (independent chains): blocks of 32 per thread, |w| * X staged transposed in
+    chunks of 512 taps."""
     OC, Cg, KH, KW = w.shape
+    T = KH * KW
+    R = Cg * T
     ocg = OC // group
+    wf = w.reshape(OC, R)
     A = np.zeros(OC)
-    nblk = (OC + 63) // 64
-    for blk in prange(nblk):
-        lo = blk * 64
-        hi = min(OC, lo + 64)
-        for c in range(Cg):
-            for ky in range(KH):
-                for kx in range(KW):
-                    for oc in range(lo, hi):
-                        xv = X[(oc // ocg) * Cg + c]
-                        ph = _rprod(abs(w[oc, c, ky, kx]) * xv, K, C, thr)
-                        A[oc] = _split(A[oc] + ph, K)
-    return A
+    P = np.zeros(OC)
+    for blk in prange((OC + 31) // 32):
+        lo = blk * 32
+        nb = min(OC, lo + 32) - lo
+        a = np.zeros(32)
+        pm = np.zeros(32)
+        buf = np.empty((512, 32))
+        for k0 in range(0, R, 512):
+            kn = min(R, k0 + 512) - k0
+            for j in range(nb):
+                oc = lo + j
+                base = (oc // ocg) * Cg
+                c = k0 // T
+                t = k0 - c * T
+                for i in range(kn):
+                    buf[i, j] = abs(wf[oc, k0 + i]) * X[base + c]
+                    t += 1
+                    if t == T:
+                        t = 0
+                        c += 1
+            for i in range(kn):
+                for j in range(nb):
+                    ph = _rprod(buf[i, j], K, C, thr)
+                    a[j] = _split(a[j] + ph, K)
+                    q = pm[j]
+                    pm[j] = q if (ph <= q or q != q) else ph  # NaN sticks
+        for j in range(nb):
+            A[lo + j] = a[j]
+            P[lo + j] = pm[j]
+    return A, P

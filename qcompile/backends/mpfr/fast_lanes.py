@@ -113,12 +113,11 @@ def split_choice(nbs, cands, x, w, group):
     if not cands or x.size == 0:
         return None, False
     X = np.ascontiguousarray(np.abs(x).max(axis=(0, 2, 3)), _F64)
+    if not np.isfinite(X).all():
+        return None, False
     K, C, thr = cands[-1][1:4]  # binary64's constants (always last)
-    top = nbs.conv_bound(X, w, group, K, C, thr).max()
-    OC, Cg = w.shape[:2]
-    wmax = np.abs(w).max(axis=(2, 3)).reshape(group, OC // group, Cg)
-    with np.errstate(invalid="ignore"):  # 0 * inf: NaN, which never passes
-        pmax = float((wmax * X.reshape(group, 1, Cg)).max())  # exact: format values
+    A, P = nbs.conv_bound(X, w, group, K, C, thr)
+    top, pmax = A.max(), P.max()
     small = None
     for c in cands:
         if c[5] > 0.0:
