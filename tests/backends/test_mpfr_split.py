@@ -133,9 +133,10 @@ def test_overflowing_sums_are_redone_by_the_checked_kernel(fmt):
     xp, Wq, offs = fast_lanes.phase_planes(xs, 3, 3, 1, (0, 0, 0, 0), (1, 1), 1, 1, np.float64)
     out = np.empty((1, 1, 1, 1))
     ints, flts, _ = A.nb
-    lt, K, C, thr = A.split[0][:4]
+    lt, K, C, thr, cap = A.split[0][:5]
     _nb_simd.conv2d_split(xp.astype(lt), Wq, offs, ws.astype(lt), out, np.zeros(0), 1,
-                          K, C, thr, ints[0], ints[1], *flts[:5])
+                          K, C, thr, lt(cap), np.zeros((0, 0), np.bool_), ints[0], ints[1],
+                          *flts[:5])
     assert not same_bits(out, want).all()
 
 

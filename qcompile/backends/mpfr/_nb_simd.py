@@ -14,11 +14,11 @@ reduction), padded taps are zero products (round to nearest with gradual underfl
 at +0 and is never -0, so ``acc + round(w*0)`` is acc; weights are checked finite), the nine
 taps of a 3x3 kernel are fused per lane in (ky, kx) order, and input channels follow in order.
 
-The split kernels (``conv2d_split``, ``conv2d_split_chk``) compute the same values with about a
+The split kernel ``conv2d_split`` computes the same values with about a
 third of the operations where no step can overflow (``conv_bound``, or watched per lane): for
 |v| >= 2**emin the format's rounding is RN_p(v), Veltkamp's ``c - (c - v)``; below, the fixed
 quantum ``(v + C) - C``; a sum of two format values below 2**emin is exact (no case needed).
-Their lane type may be binary32 where ``fast_lanes.split_params`` shows it gives the same
+Its lane type may be binary32 where ``fast_lanes.split_params`` shows it gives the same
 values (8 lanes per AVX2 vector instead of 4).
 """
 
@@ -158,37 +158,6 @@ def _stap(acc, x, off, wv, n, K, C, thr):
         acc[p] = _split(acc[p] + _rprod(wv * xs[p], K, C, thr), K)
 
 
-@njit(parallel=True, cache=True)
-def conv2d_split(xp, Wq, offs, w, out, bias, group, K, C, thr, pm, qb, maxf, ovp, ovn, exip,
-                 exin):
-    """``conv2d``'s values where ``conv_bound`` shows that no rounded product or partial sum
-    exceeds maxf: tap after tap over the lanes (short independent steps keep the vector
-    units busy; the fused nine-tap chain is latency bound), bias added in binary64 by
-    ``rnd_n``; xp, w, K, C, thr in the lane type, out binary64."""
-    N = xp.shape[0]
-    OC, Cg, KH, KW = w.shape
-    OH, OW = out.shape[2], out.shape[3]
-    n = OH * Wq
-    ocg = OC // group
-    for job in prange(N * OC):
-        b = job // OC
-        oc = job % OC
-        g = oc // ocg
-        acc = np.zeros(n, dtype=xp.dtype)
-        for c in range(Cg):
-            xr = xp[b, g * Cg + c]
-            for t in range(KH * KW):
-                _stap(acc, xr, offs[t], w[oc, c, t // KW, t % KW], n, K, C, thr)
-        o = out[b, oc]
-        has_b = bias.size > 0
-        for oy in range(OH):
-            for ox in range(OW):
-                v = np.float64(acc[oy * Wq + ox])
-                if has_b:
-                    v = rnd_n(v + bias[oc], pm, qb, maxf, ovp, ovn, exip, exin)
-                o[oy, ox] = v
-
-
 @njit(cache=True)
 def _stap_chk(acc, mx, x, off, wv, n, K, C, thr):
     """``_stap`` keeping each lane's largest |partial sum| in mx (NaN sticks)."""
@@ -202,34 +171,42 @@ def _stap_chk(acc, mx, x, off, wv, n, K, C, thr):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_split_chk(xp, Wq, offs, w, out, bias, group, K, C, thr, cap, bad, pm, qb, maxf,
-                     ovp, ovn, exip, exin):
-    """``conv2d_split`` for convs whose products are bounded by cap but whose partial sums
-    are not: each lane's largest |partial sum| is kept, and a job (image, output channel)
-    where one exceeds cap (or is NaN) is marked in bad[image, channel] for the caller to
-    redo with the checked kernel (before it, every step was exact: a sum beyond cap is the
-    first step that may differ)."""
+def conv2d_split(xp, Wq, offs, w, out, bias, group, K, C, thr, cap, bad, pm, qb, maxf, ovp,
+                 ovn, exip, exin):
+    """``conv2d``'s values where no rounded product exceeds cap (``conv_bound``): tap after
+    tap over the lanes (short independent steps keep the vector units busy; the fused
+    nine-tap chain is latency bound), bias added in binary64 by ``rnd_n``; xp, w, K, C, thr,
+    cap in the lane type, out binary64.  With ``bad`` of shape (N, OC) (the partial sums are
+    not bounded), each lane's largest |partial sum| is watched and a job (image, output
+    channel) where one exceeds cap (or is NaN) is marked for the caller to redo with the
+    checked kernel (before it every step was exact: a sum beyond cap is the first step that
+    may differ); with bad of size 0 nothing is watched."""
     N = xp.shape[0]
     OC, Cg, KH, KW = w.shape
     OH, OW = out.shape[2], out.shape[3]
     n = OH * Wq
     ocg = OC // group
+    watch = bad.size > 0
     for job in prange(N * OC):
         b = job // OC
         oc = job % OC
         g = oc // ocg
         acc = np.zeros(n, dtype=xp.dtype)
-        mx = np.zeros(n, dtype=xp.dtype)
+        mx = np.zeros(n if watch else 0, dtype=xp.dtype)
         for c in range(Cg):
             xr = xp[b, g * Cg + c]
             for t in range(KH * KW):
-                _stap_chk(acc, mx, xr, offs[t], w[oc, c, t // KW, t % KW], n, K, C, thr)
+                wv = w[oc, c, t // KW, t % KW]
+                if watch:
+                    _stap_chk(acc, mx, xr, offs[t], wv, n, K, C, thr)
+                else:
+                    _stap(acc, xr, offs[t], wv, n, K, C, thr)
         o = out[b, oc]
         has_b = bias.size > 0
         for oy in range(OH):
             for ox in range(OW):
                 i = oy * Wq + ox
-                if not mx[i] <= cap:
+                if watch and not mx[i] <= cap:
                     bad[b, oc] = True
                 v = np.float64(acc[i])
                 if has_b:

@@ -108,7 +108,7 @@ def split_choice(nbs, cands, x, w, group):
     """(lane type, checked): the first of ``split_params``' lane types under which no nonzero
     product is below lo and either no rounded product or partial sum of this conv can exceed
     cap (``conv_bound`` on the per-channel max |x|; checked False) or at least no product can
-    (max |w| * max |x| per channel; checked True: ``conv2d_split_chk`` watches the sums);
+    (max |w| * max |x| per channel; checked True: ``conv2d_split`` watches the sums);
     (None, False) where none applies (NaN/inf inputs never pass)."""
     if not cands or x.size == 0:
         return None, False
@@ -133,21 +133,17 @@ def split_choice(nbs, cands, x, w, group):
 
 
 def conv_rn(nbs, sp, checked, xp, Wq, offs, w, out, bias, group, fmt_args):
-    """The round-to-nearest lane conv into out: ``conv2d_split`` in lane type sp[0], or
-    ``conv2d_split_chk`` with the marked (image, channel) jobs redone by ``conv2d`` (those
+    """The round-to-nearest lane conv into out: ``conv2d_split`` in lane type sp[0] (its sums
+    watched where checked), the marked (image, channel) jobs redone by ``conv2d`` (those
     images x channels; every job with more than one group), or ``conv2d`` alone where sp is
     None; fmt_args: (pm, qb, maxf, ovp, ovn, exip, exin).  Returns the jobs redone."""
     if sp is None:
         nbs.conv2d(xp, Wq, offs, w, out, bias, group, *fmt_args)
         return 0
     lt = sp[0]  # exact casts: format values
-    xl, wl = xp.astype(lt, copy=False), w.astype(lt)
-    if not checked:
-        nbs.conv2d_split(xl, Wq, offs, wl, out, bias, group, *sp[1:4], *fmt_args)
-        return 0
-    bad = np.zeros(out.shape[:2], np.bool_)
-    nbs.conv2d_split_chk(xl, Wq, offs, wl, out, bias, group, *sp[1:4], lt(sp[4]), bad,
-                         *fmt_args)
+    bad = np.zeros(out.shape[:2] if checked else (0, 0), np.bool_)
+    nbs.conv2d_split(xp.astype(lt, copy=False), Wq, offs, w.astype(lt), out, bias, group,
+                     *sp[1:4], lt(sp[4]), bad, *fmt_args)
     if not bad.any():
         return 0
     if group > 1:
