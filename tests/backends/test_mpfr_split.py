@@ -186,9 +186,11 @@ def test_conv_bound_is_the_rounded_magnitude_sum(fmt, group, cin):
         # 72 channels: blocks of 32 + 8; 64 x 9 taps: chunks of 512 + 64
         w = F.convert(rand(rng, (72, cin // group, 3, 3), spread=2))
         w = np.clip(w, -A.plan.maxf, A.plan.maxf)  # finite weights, as the lane path requires
-        got, gotp = _nb_simd.conv_bound(X, w, group, K, C, thr)
+        got, gotp, gotw = _nb_simd.conv_bound(X, w, group, K, C, thr)
         want, wantp = _bound_reference(X, w, group, A.plan.pm, A.plan.qmin_bits)
         assert same_bits(got, want).all() and same_bits(gotp, wantp).all()
+        aw = np.abs(w)
+        assert gotw.min() == aw[aw > 0].min() and gotw.size == 3  # blocks of 32: 72 = 3
 
 
 @pytest.mark.parametrize("mode", ["nearest", "up", "down"])

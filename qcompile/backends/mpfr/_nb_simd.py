@@ -216,8 +216,9 @@ def conv2d_split(xp, Wq, offs, w, out, bias, group, K, C, thr, cap, bad, pm, qb,
 
 @njit(parallel=True, cache=True)
 def conv_bound(X, w, group, K, C, thr):
-    """(A, P) per output channel: A_K, where A_k = R(A_(k-1) + R(|w_k| * X_c(k))) in the
-    kernel's order, and P = max_k R(|w_k| * X_c(k)); R is the format's rounding at the
+    """(A, P, W): per output channel A_K, where A_k = R(A_(k-1) + R(|w_k| * X_c(k))) in the
+    kernel's order, and P = max_k R(|w_k| * X_c(k)); per block the least nonzero |w| (inf if
+    none); R is the format's rounding at the
     unbounded exponent (``_rprod``/``_split`` with the binary64 constants: |w| * X is exact,
     values too large for them give NaN) and X_c >= |x| over channel c.  R is monotone and
     odd, so every rounded partial sum of the conv is at most A in magnitude and every
@@ -231,12 +232,15 @@ def conv_bound(X, w, group, K, C, thr):
     wf = w.reshape(OC, R)
     A = np.zeros(OC)
     P = np.zeros(OC)
-    for blk in prange((OC + 31) // 32):
+    nblk = (OC + 31) // 32
+    W = np.full(nblk, np.inf)
+    for blk in prange(nblk):
         lo = blk * 32
         nb = min(OC, lo + 32) - lo
         a = np.zeros(32)
         pm = np.zeros(32)
         buf = np.empty((512, 32))
+        wmin = np.inf
         for k0 in range(0, R, 512):
             kn = min(R, k0 + 512) - k0
             for j in range(nb):
@@ -245,7 +249,10 @@ def conv_bound(X, w, group, K, C, thr):
                 c = k0 // T
                 t = k0 - c * T
                 for i in range(kn):
-                    buf[i, j] = abs(wf[oc, k0 + i]) * X[base + c]
+                    v = abs(wf[oc, k0 + i])
+                    if 0.0 < v < wmin:
+                        wmin = v
+                    buf[i, j] = v * X[base + c]
                     t += 1
                     if t == T:
                         t = 0
@@ -259,4 +266,5 @@ def conv_bound(X, w, group, K, C, thr):
         for j in range(nb):
             A[lo + j] = a[j]
             P[lo + j] = pm[j]
-    return A, P
+        W[blk] = wmin
+    return A, P, W

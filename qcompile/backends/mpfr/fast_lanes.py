@@ -116,13 +116,13 @@ def split_choice(nbs, cands, x, w, group):
     if not np.isfinite(X).all():
         return None, False
     K, C, thr = cands[-1][1:4]  # binary64's constants (always last)
-    A, P = nbs.conv_bound(X, w, group, K, C, thr)
+    A, P, W = nbs.conv_bound(X, w, group, K, C, thr)
     top, pmax = A.max(), P.max()
     small = None
     for c in cands:
         if c[5] > 0.0:
             if small is None:  # exact: a product of two format values (p <= 26)
-                small = _min_nonzero(x) * _min_nonzero(w)
+                small = _min_nonzero(x) * float(W.min())
             if small < c[5]:
                 continue
         if top <= c[4]:  # NaN: never
