@@ -62,3 +62,57 @@ def test_kernel_declines_what_it_cannot_do():
     assert OF._fq_div_nb(x, s, fq_format("posit8_1"), Rounding.NEAREST, None) is None
     assert OF._fq_div_nb(x[:10], s, fq_format("e4m3"), Rounding.NEAREST, None) is None
     assert OF._fq_div_nb(x, np.array(1.0), fq_format("e4m3"), Rounding.NEAREST, None) is None
+
+
+@pytest.mark.parametrize("arith", ["fp32", "bf16", "b15e4"])
+@pytest.mark.parametrize("spec", ["e4m3", "e2m1", "fp16", "b16e11"])
+@pytest.mark.parametrize("mode", [Rounding.NEAREST, Rounding.DOWN])
+def test_fused_product_equals_fq_then_mul(arith, spec, mode):
+    """With the run's arithmetic A, the kernel's fused q*s (and ``fq_fast``'s output) is
+    round_A(q*s) of the exact FQ: binary32 scales per tensor and per channel, breakpoints,
+    specials and products beyond binary64's range (flagged, redone by fastfp.mul)."""
+    from qcompile.backends.mpfr.config import make_config
+    from qcompile.backends.mpfr.interpreter import make_engine
+
+    E = make_engine(make_config(format=arith, rounding=mode.value), "fast")
+    A = E.A
+    fmt = fq_format(spec)
+    rng = np.random.default_rng(7)
+    shape = (3, 5, 16, 20)
+    for axis, sshape, lo in ((None, (), 1e-3), (1, (1, 5, 1, 1), 1e-3), (None, (), 1e-30)):
+        s = (rng.random(sshape) * 50 * lo + lo).astype(np.float32).astype(np.float64)
+        x = rng.standard_normal(shape) * np.exp2(rng.integers(-10, 10, (3, 1, 1, 1)))
+        if lo < 1e-20:  # (b16e11) products q * s below 2**-1022: flagged
+            x *= 1e-318
+        bp = _breakpoints(fmt, rng, x.size // 3)
+        x.reshape(-1)[: bp.size] = bp * np.broadcast_to(s, shape).reshape(-1)[: bp.size]
+        x.reshape(-1)[-10:] = [0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, 1e-310, 1e308,
+                               -1e308, -1e-300]
+        assert OF._product_fits(fmt, s)
+        fused = OF._fq_div_nb(x, s, fmt, mode, axis, A)
+        assert fused is not None
+        want = fastfp.mul(fq_round(x, s, fmt, mode), np.broadcast_to(s, shape), A.fmt, A.mode)
+        np.testing.assert_array_equal(_bits(A.round(fused)), _bits(want))
+        got = OF.fq_fast(E, x, s.reshape(-1) if axis is not None else s, format=spec,
+                         rounding=mode.value, axis=axis)[0]
+        np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+def test_fused_product_flags_products_below_binary64_normal_range():
+    """The kernel's contract: a fused ``q * s`` under 2**-1022 (where binary64 may round it)
+    is flagged for the exact path, the rest is the binary64 product of the exact FQ."""
+    from qcompile.backends.mpfr import _nb_fq
+
+    fmt, mode = fq_format("b16e11"), Rounding.NEAREST
+    par = OF._fq_params(fmt, mode)
+    rng = np.random.default_rng(3)
+    s = np.array([np.float32(1.3e-30)], np.float64)
+    x = rng.standard_normal(8192) * np.where(rng.random(8192) < 0.5, 1e-318, 1e-280)
+    out, flag = np.empty_like(x), np.empty(x.size, np.uint8)
+    _nb_fq.fq_div(x, s, x.size, 1, par[0], par[1], True, out, flag)
+    q = fq_round(x, s[0], fmt, mode)
+    tiny = (np.abs(q * s[0]) < 2.0 ** -1022) & (q != 0)
+    assert tiny.any() and (~tiny).any()
+    assert flag[tiny].all()
+    ok = flag == 0
+    np.testing.assert_array_equal(_bits(out[ok]), _bits(q[ok] * s[0]))

@@ -75,10 +75,12 @@ def fq_fast(E, x, scale=None, *, format, rounding="nearest", saturate=1, axis=No
         check_scale(s)
     except FormatError as e:
         raise KernelError(f"FQ: {e} (after conversion into the run's conversion format)") from None
-    q = _fq_div_nb(x, s, fmt, mode, axis)
-    if q is None:
-        q = fq_round(x, s, fmt, mode)
     A = E.A
+    mul = not np.all(s == 1.0) and _product_fits(fmt, s)
+    r = _fq_div_nb(x, s, fmt, mode, axis, A if mul else None)
+    if r is not None and mul:  # q * s fused in the kernel, exact: round_A of it
+        return (A.round(r),)
+    q = fq_round(x, s, fmt, mode) if r is None else r
     if np.all(s == 1.0):  # A.round: one IEEE conversion where A is the machine's format
         return (A.round(q),)
     p = _exact_product(q, s, fmt)
@@ -103,9 +105,13 @@ def _fq_params(fmt, mode):
 _NB_MIN = 4096  # smaller tensors (tests, Gemm inputs at batch 1): the numpy way, no compile
 
 
-def _fq_div_nb(x: np.ndarray, s: np.ndarray, fmt, mode, axis) -> np.ndarray | None:
+def _fq_div_nb(x: np.ndarray, s: np.ndarray, fmt, mode, axis, A=None):
     """``fq_round(x, s, fmt, mode)`` by the numba kernel (:mod:`._nb_fq`) for a scale per
-    tensor or per channel; its flagged elements (breakpoints, specials) by ``fq_round``."""
+    tensor or per channel, or with the arithmetic ``A`` (where ``_product_fits``) its product
+    by ``s`` as a binary64 array whose ``A.round`` is FQ's output: exact products from the
+    kernel, ``round_A(q s)`` for its flagged elements; those (breakpoints, specials, products
+    out of binary64's normal range) by ``fq_round`` and ``fastfp.mul``.  None where the kernel
+    does not apply."""
     if x.size < _NB_MIN or np.all(s == 1.0):
         return None
     par = _fq_params(fmt, mode)
@@ -122,23 +128,27 @@ def _fq_div_nb(x: np.ndarray, s: np.ndarray, fmt, mode, axis) -> np.ndarray | No
     out = np.empty_like(xf)
     flag = np.empty(xf.size, np.uint8)
     _nb_fq.fq_div(xf, np.ascontiguousarray(s, np.float64).reshape(-1), inner, C, par[0],
-                  par[1], out, flag)
+                  par[1], A is not None, out, flag)
     bad = np.flatnonzero(flag)
     if bad.size:
-        sb = np.broadcast_to(s, x.shape).reshape(-1)
-        out[bad] = fq_round(xf[bad], sb[bad], fmt, mode)
+        sb = np.broadcast_to(s, x.shape).reshape(-1)[bad]
+        qb = fq_round(xf[bad], sb, fmt, mode)
+        out[bad] = qb if A is None else fastfp.mul(qb, sb, A.fmt, A.mode)
     return out.reshape(x.shape)
 
 
-def _exact_product(q: np.ndarray, s: np.ndarray, fmt) -> np.ndarray | None:
-    """``q * s`` in binary64 where that is the exact product, else None.  A value of ``fmt``
-    has at most ``fmt.bits`` significant bits (the storage width bounds the precision) and a
-    binary32 scale at most 24, so with ``bits + 24 <= 53`` the product's significand fits and
-    it is exact unless it leaves binary64's normal range (checked: a nonzero ``q`` giving a
-    product below 2**-1022, or a finite one giving inf)."""
+def _product_fits(fmt, s) -> bool:
+    """A value of ``fmt`` has at most ``fmt.bits`` significant bits (the storage width bounds
+    the precision) and a binary32 scale at most 24: with ``bits + 24 <= 53`` the product's
+    significand fits binary64's, so ``q * s`` is exact unless it leaves the normal range."""
     bits = getattr(fmt, "bits", None)
-    if (q.dtype != np.float64 or bits is None or bits + 24 > 53
-            or not np.all(s.astype(np.float32) == s)):
+    return bits is not None and bits + 24 <= 53 and bool(np.all(s.astype(np.float32) == s))
+
+
+def _exact_product(q: np.ndarray, s: np.ndarray, fmt) -> np.ndarray | None:
+    """``q * s`` in binary64 where that is the exact product (``_product_fits``, and no
+    nonzero ``q`` gives a product below 2**-1022 nor a finite one inf), else None."""
+    if q.dtype != np.float64 or not _product_fits(fmt, s):
         return None  # (a family may hand back other arrays: fastfp.mul converts them)
     with np.errstate(all="ignore"):
         p = q * s
