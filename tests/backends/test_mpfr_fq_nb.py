@@ -40,16 +40,23 @@ def test_kernel_equals_exact_fq(spec, mode):
     fmt = fq_format(spec)
     rng = np.random.default_rng(abs(hash((spec, mode.value))) % 2**32)
     shape = (4, 6, 16, 17)
-    for axis, sshape in ((None, ()), (1, (1, 6, 1, 1)), (0, (4, 1, 1, 1))):
+    for axis, sshape in ((None, ()), (1, (1, 6, 1, 1)), (0, (4, 1, 1, 1)), (None, (1,))):
         s = (rng.random(sshape) * 0.05 + 1e-3).astype(np.float32).astype(np.float64)
-        if axis is None:  # a power-of-two scale: x / s exact, breakpoints hit exactly
+        if axis is None and not sshape:  # a power of two: x / s exact, breakpoints hit exactly
             s = np.array(0.125)
+        elif axis is None:  # a binary64 scale: breakpoint * s inexact, so x / s next to the
+            s = np.array(rng.random() * 0.05 + 1e-3)  # breakpoint, its quotient often on it
         x = rng.standard_normal(shape) * np.exp2(rng.integers(-12, 12, (4, 1, 1, 1)))
         bp = _breakpoints(fmt, rng, x.size // 3)
         x.reshape(-1)[: bp.size] = bp * np.broadcast_to(s, shape).reshape(-1)[: bp.size]
         x.reshape(-1)[-12:] = [0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 1e-310,
                                1e308, -1e308, 1e-300, -1e-300]
         x.reshape(-1)[bp.size: bp.size + 500] = 0.0
+        # the binary64 neighbours of breakpoint * scale: x / s just off the breakpoint, yet
+        # its binary64 quotient often on it (the double rounding the kernel must flag)
+        sb = np.broadcast_to(s, shape).reshape(-1)[bp.size + 500: 2 * bp.size + 500]
+        x.reshape(-1)[bp.size + 500: 2 * bp.size + 500] = np.nextafter(
+            bp * sb, np.where(rng.random(bp.size) < 0.5, np.inf, -np.inf))
         got = OF._fq_div_nb(x, s, fmt, mode, axis)
         assert got is not None  # the kernel ran
         want = fq_round(x, s, fmt, mode)
@@ -116,3 +123,19 @@ def test_fused_product_flags_products_below_binary64_normal_range():
     assert flag[tiny].all()
     ok = flag == 0
     np.testing.assert_array_equal(_bits(out[ok]), _bits(q[ok] * s[0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.uint8])
+def test_empty_apart_is_half_a_page_from_its_input(dtype):
+    """The kernels' outputs sit 2048 bytes from the input modulo 4 KiB (no 4K aliasing),
+    with the input's shape, whatever the input's own offset (views at odd offsets too)."""
+    from qcompile.backends.mpfr.common import empty_apart
+
+    base = np.empty(200_000 + 64)
+    for k in (0, 1, 3, 17):
+        x = base[k:k + 200_000].reshape(400, 500)
+        out = empty_apart(x, dtype)
+        assert out.shape == x.shape and out.dtype == dtype and out.flags.c_contiguous
+        assert (out.ctypes.data - x.ctypes.data) % 4096 == 2048
+    small = empty_apart(np.zeros(10))
+    assert small.shape == (10,) and small.dtype == np.float64

@@ -284,3 +284,21 @@ def elementwise(fn, sample, *arrays):
     shape = np.broadcast_shapes(*(a.shape for a in arrays))
     bs = [np.broadcast_to(a, shape) for a in arrays]
     return full(shape, lambda i: fn(*(b[i] for b in bs)), sample)
+
+
+def empty_apart(a: np.ndarray, dtype=None) -> np.ndarray:
+    """``np.empty(a.shape, dtype)`` placed half a 4 KiB page away from ``a`` modulo 4 KiB.
+
+    Large arrays come from mmap at the same page offset, so ``out[i]`` and ``a[i]`` share
+    their low 12 address bits; a kernel that loads ``a[i + k]`` after storing ``out[i]`` then
+    stalls on false store-to-load dependencies (4K aliasing): the numba FQ kernel ran 2.5x
+    slower into ``np.empty_like(x)`` than into this (measured, 819,200 elements)."""
+    dt = np.dtype(a.dtype if dtype is None else dtype)
+    n = a.size
+    if n * dt.itemsize < 65536:  # small arrays come from the heap, at no fixed offset
+        return np.empty(a.shape, dt)
+    buf = np.empty(n + 4096 // dt.itemsize, dt)
+    gap = (a.ctypes.data + 2048 - buf.ctypes.data) % 4096
+    k = gap // dt.itemsize
+    return buf[k:k + n].reshape(a.shape)
+

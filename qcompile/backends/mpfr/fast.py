@@ -156,7 +156,7 @@ class FastArith:
                 and bool((np.isfinite(d) & (d != 0)).all())):  # x/0 and 0/0: general path
             ints, flts, _ = self.nb  # the check-free round-to-nearest format of _nb_simd
             xc = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
-            out = np.empty_like(xc)
+            out = _cm.empty_apart(xc)
             pc = [np.ascontiguousarray(a, _F64).reshape(-1) for a in (m, d, k, c)]
             with np.errstate(all="ignore"):
                 _nb_simd.affine4(xc, *pc, out, ints[0], ints[1], *flts[:5])

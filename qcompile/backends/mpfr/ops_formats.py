@@ -21,7 +21,7 @@ import functools
 
 import numpy as np
 
-from qcompile.backends.mpfr.common import KernelError
+from qcompile.backends.mpfr.common import KernelError, empty_apart
 from qcompile.numerics import fastfp
 from qcompile.numerics.formats import FormatError, Rounding, family_of
 from qcompile.numerics.fq import check_scale, fq_format, fq_round
@@ -125,7 +125,7 @@ def _fq_div_nb(x: np.ndarray, s: np.ndarray, fmt, mode, axis, A=None):
         ax = int(axis) % x.ndim
         inner, C = int(np.prod(x.shape[ax + 1:], dtype=np.int64)), x.shape[ax]
     xf = np.ascontiguousarray(x).reshape(-1)
-    out = np.empty_like(xf)
+    out = empty_apart(xf)
     flag = np.empty(xf.size, np.uint8)
     _nb_fq.fq_div(xf, np.ascontiguousarray(s, np.float64).reshape(-1), inner, C, par[0],
                   par[1], A is not None, out, flag)
