@@ -85,6 +85,7 @@ class FastArith:
     """Arithmetic of one (format, mode, accumulation rule) on float64 arrays."""
 
     def __init__(self, fmt, mode, accumulate="sequential", *, use_numba=True):
+        _cm.keep_freed_blocks()
         self.fmt, self.mode, self.accumulate = fmt, mode, accumulate
         self.plan = get_plan(fmt, mode)
         self.native = native_dtype(fmt, mode, accumulate)
