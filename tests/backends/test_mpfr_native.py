@@ -151,3 +151,66 @@ def test_lane_kernels_deterministic_across_thread_counts(fmt):
     finally:
         numba.set_num_threads(before)
     assert all(same_bits(o, outs[0]).all() for o in outs)
+
+
+@pytest.mark.parametrize("keep_nan", [True, False])
+def test_relu_kernel_is_the_selection_bit_for_bit(keep_nan):
+    """The numba Relu (large tensors) equals the numpy selection on every bit: +-0 -> +0,
+    negatives and -inf -> +0, NaN kept (or +0 under mpfr_compare), on a non-contiguous view
+    too; small tensors take numpy."""
+    from qcompile.backends.mpfr import fast
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 7, 61, 67))
+    flat = x.reshape(-1)
+    flat[rng.integers(0, flat.size, 500)] = np.nan
+    flat[rng.integers(0, flat.size, 500)] = -0.0
+    flat[rng.integers(0, flat.size, 500)] = np.inf
+    flat[rng.integers(0, flat.size, 500)] = -np.inf
+    for a in (x, x.transpose(0, 2, 1, 3), x[:1, :1]):
+        want = np.where(((a > 0) | np.isnan(a)) if keep_nan else (a > 0), a, 0.0)
+        got = fast.relu(a, keep_nan)
+        assert got.shape == a.shape
+        np.testing.assert_array_equal(got.view(np.int64) if got.flags.c_contiguous
+                                      else np.ascontiguousarray(got).view(np.int64),
+                                      np.ascontiguousarray(want).view(np.int64))
+
+
+@pytest.mark.parametrize("spec,dt", [("fp32", np.float32), ("b64e11", np.float64)])
+def test_batchnorm_kernel_is_ieee_step_by_step(spec, dt):
+    """The numba BatchNormalization (large tensors) is ((x - m) / d) * k + c in the native
+    dtype, one IEEE rounding per step, bit for bit: NaN, infinities, zeros of both signs and a
+    zero divisor included."""
+    from qcompile.backends.mpfr.fast import FastArith
+
+    A = FastArith(parse_format(spec), Rounding.NEAREST)
+    assert A.native_nb
+    rng = np.random.default_rng(11)
+    C = 6
+    x = rng.standard_normal((4, C, 50, 70)).astype(dt).astype(np.float64)
+    flat = x.reshape(-1)
+    for v in (np.nan, np.inf, -np.inf, 0.0, -0.0):
+        flat[rng.integers(0, flat.size, 300)] = v
+    m, k, c = (rng.standard_normal(C).astype(dt).astype(np.float64) for _ in range(3))
+    d = np.abs(rng.standard_normal(C)).astype(dt).astype(np.float64)
+    d[2] = 0.0
+    shp = (1, C, 1, 1)
+    got = A.affine4(x, m.reshape(shp), d.reshape(shp), k.reshape(shp), c.reshape(shp))
+    with np.errstate(all="ignore"):
+        y = x.astype(dt)
+        y = ((y - m.astype(dt).reshape(shp)) / d.astype(dt).reshape(shp))
+        y = y * k.astype(dt).reshape(shp) + c.astype(dt).reshape(shp)
+    want = y.astype(np.float64)
+    assert got.shape == x.shape
+    np.testing.assert_array_equal(np.where(np.isnan(got), 0, got.view(np.int64)),
+                                  np.where(np.isnan(want), 0, want.view(np.int64)))
+
+
+def test_batchnorm_plane_kernel_has_no_fma():
+    buf = np.zeros(100, np.float32)
+    one = np.float32(1)
+    f = njit(error_model="numpy")(_nb_native._affine_plane.py_func)
+    f(buf, one, one, one, one, 100)
+    asm = "".join(f.inspect_asm().values())
+    assert not re.search(r"\bv?fn?m(add|sub)", asm)
+    assert re.search(r"\bvdivps\s+.*[yz]mm", asm), "the plane loop is not vectorised"

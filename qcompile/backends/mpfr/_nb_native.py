@@ -145,3 +145,36 @@ def gemm(a, b, out, bias, bias_first):
         if not bias_first and bias.shape[0] > 0:
             for j in range(N):
                 acc[j] = acc[j] + bias[m, j]
+
+
+@njit(parallel=True, cache=True)
+def relu(x, out, keep_nan):
+    """out = x where x > 0 (or x is NaN and ``keep_nan``), else +0: a selection, exact in
+    every format (flat contiguous arrays; one pass instead of numpy's four)."""
+    n = x.size
+    for j in prange((n + 8191) // 8192):
+        for i in range(j * 8192, min(n, j * 8192 + 8192)):
+            v = x[i]
+            out[i] = v if (v > 0.0) | (keep_nan & (v != v)) else 0.0
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def _affine_plane(buf, mv, dv, kv, cv, n):
+    for i in range(n):
+        buf[i] = ((buf[i] - mv) / dv) * kv + cv
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def affine4(x, m, d, k, c, out):
+    """BatchNormalization in the native dtype of ``m`` (float32/float64): per (n, c) plane of
+    ``x`` (float64 values of the format, shape (N, C, HW)), ``((x - m) / d) * k + c`` with one
+    IEEE rounding per step, left to right (no FMA: no fast-math flags), into ``out``."""
+    N, C, HW = x.shape
+    for j in prange(N * C):
+        n, ch = j // C, j % C
+        buf = np.empty(HW, m.dtype)
+        buf[:] = x[n, ch]  # exact: the values are the format's
+        _affine_plane(buf, m[ch], d[ch], k[ch], c[ch], HW)
+        out[n, ch] = buf
+    return out

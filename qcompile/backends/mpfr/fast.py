@@ -81,6 +81,16 @@ def native_dtype(fmt, mode, accumulate="sequential"):
     return _NATIVE.get((fmt.p, fmt.emin, fmt.emax))
 
 
+def relu(x, keep_nan: bool):
+    """``x > 0 ? x : +0`` (NaN kept where ``keep_nan``): a selection, exact in every format
+    (posits too); the numba kernel for large float64 tensors, numpy otherwise."""
+    if _nb_native is None or x.dtype != _F64 or x.size < 65536:
+        keep = (x > 0) | np.isnan(x) if keep_nan else x > 0
+        return np.where(keep, x, 0.0)
+    xf = np.ascontiguousarray(x).reshape(-1)
+    return _nb_native.relu(xf, _cm.empty_apart(xf), keep_nan).reshape(x.shape)
+
+
 class FastArith:
     """Arithmetic of one (format, mode, accumulation rule) on float64 arrays."""
 
@@ -144,6 +154,12 @@ class FastArith:
         """((x - m) / d) * k + c, left to right, one rounding per step (BatchNormalization)."""
         if self.native is not None:  # in place in the native dtype: no conversion per step
             dt = self.native
+            C = x.shape[1] if np.ndim(x) >= 2 else 0
+            if (self.native_nb and np.size(x) >= 65536 and np.asarray(x).dtype == _F64
+                    and all(np.size(a) == C for a in (m, d, k, c))):  # one pass, per plane
+                xc = np.ascontiguousarray(x).reshape(x.shape[0], C, -1)
+                pc = [np.ascontiguousarray(a, dt).reshape(-1) for a in (m, d, k, c)]
+                return _nb_native.affine4(xc, *pc, _cm.empty_apart(xc)).reshape(x.shape)
             with np.errstate(all="ignore"):
                 y = np.asarray(x).astype(dt)
                 y -= np.asarray(m).astype(dt)
@@ -229,7 +245,12 @@ class FastArith:
                                 (1, 1), (1, 1, 1, 1), (1, 1), 1),
             lambda: self.gemm(np.zeros((1, 2)), np.zeros((2, 2)), np.zeros(2)),
             lambda: self.affine4(x, *(z.reshape(1, 8, 1, 1),) * 4),
+            lambda: _nb_native.relu(z, np.empty(8), True),  # (the large-tensor kernels)
         ]
+        if self.native_nb:
+            zn = np.zeros(8, self.native)
+            steps.append(lambda: _nb_native.affine4(x.reshape(1, 8, 4), zn, zn, zn, zn,
+                                                    np.empty((1, 8, 4))))
         for i, step in enumerate(steps):
             step()
             if progress is not None:

@@ -7,6 +7,7 @@ import numpy as np
 
 from qcompile.backends.base import OpTable
 from qcompile.backends.mpfr import common as cm
+from qcompile.backends.mpfr import fast
 from qcompile.backends.mpfr.ops_shape import data_movement, exact, register_data_ops
 from qcompile.numerics import fastfp
 
@@ -132,9 +133,8 @@ def sqrt(E, x):
 @FAST.register("Relu")
 @exact
 def relu(E, x):
-    if E.cfg.mpfr_compare:  # x > 0 ? x : 0 (mpfr_greater_p: NaN -> +0)
-        return (np.where(x > 0, x, 0.0),)
-    return (np.where((x > 0) | np.isnan(x), x, 0.0),)
+    # x > 0 ? x : +0; with --mpfr-compare NaN -> +0 (mpfr_greater_p), else NaN stays
+    return (fast.relu(np.asarray(x), not E.cfg.mpfr_compare),)
 
 
 @FAST.register("Neg")
