@@ -14,8 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -112,33 +110,40 @@ def test_emulate_equals_local(shared_data, cluster, local_emulation):
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_run(shared_data, cluster, local_emulation):
+def test_worker_killed_mid_run(shared_data, cluster, local_emulation, tmp_path):
     """A worker killed while it runs a shard: the scheduler re-runs the shard elsewhere, the
-    results are the local run's, and the log says a shard was re-run."""
+    results are the local run's, and the log says a shard was re-run.
+
+    The kill comes from inside the worker, on the first shard that starts executing (a worker
+    plugin's transition hook; a flag file makes it once only): a kill timed from the client
+    raced the shards, which take a few milliseconds, and could land on an idle worker."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
     address, client = cluster
-    pids = client.run(os.getpid)
-    killed: list[str] = []
+    flag = str(tmp_path / "killed")
 
-    def killer():
-        deadline = time.time() + 90
-        while time.time() < deadline and not killed:
-            busy = [w for w, keys in client.processing().items()
-                    if any(str(k).startswith("qcompile-emulate") for k in keys)]
-            if busy:
-                time.sleep(0.3)
-                os.kill(pids[busy[0]], signal.SIGKILL)
-                killed.append(busy[0])
-            time.sleep(0.02)
+    class KillOnFirstShard(WorkerPlugin):  # local: pickled by value, workers need no import
+        name = "qcompile-test-kill"
 
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    logs = []
-    rep = _emulate(shared_data, cluster=address, log=logs.append)
-    t.join(5)
-    assert killed, "no shard was seen processing"
+        def transition(self, key, start, finish, **kw):
+            if finish == "executing" and str(key).startswith("qcompile-emulate"):
+                try:
+                    os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    return
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    client.register_plugin(KillOnFirstShard())
+    try:
+        logs = []
+        rep = _emulate(shared_data, cluster=address, log=logs.append)
+    finally:
+        client.unregister_worker_plugin(KillOnFirstShard.name)
+    assert os.path.exists(flag), "no shard started executing"
     for k in SAME:
         assert json.dumps(rep[k]) == json.dumps(local_emulation[k]), k
     assert any("re-run after a worker died" in m for m in logs), logs
+    client.wait_for_workers(2, timeout=60)  # the nanny's restart, for the tests after this
 
 
 def test_eval_equals_local(shared_data, cluster):
